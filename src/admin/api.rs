@@ -1,0 +1,494 @@
+//! The admin endpoints: each parses its body, applies one change through
+//! `Runtime::update`, and answers the resource as JSON.
+
+use super::{ApiError, ApiResult};
+use crate::bypass;
+use crate::config::{parse_cidr, AdminState, MAX_RETRY_AFTER};
+use crate::state::{now_ms, Runtime, Snapshot};
+use http::Method;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, UNIX_EPOCH};
+
+const MAX_MESSAGE: usize = 2000;
+const MAX_PATHS: usize = 64;
+const MAX_ALLOW: usize = 4096;
+const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+const MAX_WAIT_SECS: u64 = 24 * 3600;
+pub const MAX_WEIGHT: u32 = 256;
+
+pub async fn route(
+    rt: &Runtime,
+    method: &Method,
+    path: &str,
+    query: &str,
+    body: &[u8],
+) -> ApiResult {
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let m = method.clone();
+    match parts.as_slice() {
+        ["api", "v1", "status"] => only(&m, &[Method::GET]).map(|_| (200, status(rt))),
+        ["api", "v1", "maintenance"] => {
+            only(&m, &[Method::PUT])?;
+            maintenance_all(rt, parse(body)?)
+        }
+        ["api", "v1", "sites", site] => {
+            only(&m, &[Method::GET])?;
+            let i = site_index(rt, site)?;
+            Ok((200, site_json(rt, &rt.snapshot(), i)))
+        }
+        ["api", "v1", "sites", site, "maintenance"] => {
+            only(&m, &[Method::PUT])?;
+            let i = site_index(rt, site)?;
+            maintenance(rt, i, parse(body)?)
+        }
+        ["api", "v1", "sites", site, "allow"] => {
+            only(&m, &[Method::POST, Method::DELETE])?;
+            let i = site_index(rt, site)?;
+            allow(rt, i, m == Method::POST, parse(body)?)
+        }
+        ["api", "v1", "sites", site, "bypass-tokens"] => {
+            only(&m, &[Method::POST])?;
+            let i = site_index(rt, site)?;
+            bypass_token(
+                rt,
+                i,
+                if body.is_empty() {
+                    TokenBody::default()
+                } else {
+                    parse(body)?
+                },
+            )
+        }
+        ["api", "v1", "backends", b, "servers", s] => {
+            only(&m, &[Method::GET])?;
+            let (b, s) = server_index(rt, b, s)?;
+            Ok((200, server_json(rt, &rt.snapshot(), b, s)))
+        }
+        ["api", "v1", "backends", b, "servers", s, "state"] => {
+            only(&m, &[Method::PUT])?;
+            let (b, s) = server_index(rt, b, s)?;
+            set_state(rt, b, s, parse(body)?)
+        }
+        ["api", "v1", "backends", b, "servers", s, "weight"] => {
+            only(&m, &[Method::PUT])?;
+            let (b, s) = server_index(rt, b, s)?;
+            set_weight(rt, b, s, parse(body)?)
+        }
+        ["api", "v1", "backends", b, "servers", s, "drained"] => {
+            only(&m, &[Method::GET])?;
+            let (b, s) = server_index(rt, b, s)?;
+            drained(rt, b, s, query).await
+        }
+        _ => Err(ApiError::not_found(format!("no such endpoint {path}"))),
+    }
+}
+
+fn only(m: &Method, allowed: &[Method]) -> Result<(), ApiError> {
+    if allowed.contains(m) {
+        Ok(())
+    } else {
+        let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+        Err(ApiError::new(
+            405,
+            format!("method {m} not allowed here, use {}", names.join(" or ")),
+        ))
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad("a JSON body is required"));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+}
+
+fn site_index(rt: &Runtime, name: &str) -> Result<usize, ApiError> {
+    rt.config
+        .site_index(name)
+        .ok_or_else(|| ApiError::not_found(format!("unknown site {name:?}")))
+}
+
+fn server_index(rt: &Runtime, backend: &str, server: &str) -> Result<(usize, usize), ApiError> {
+    let b = rt
+        .config
+        .backend_index(backend)
+        .ok_or_else(|| ApiError::not_found(format!("unknown backend {backend:?}")))?;
+    let s = rt.config.backends[b]
+        .servers
+        .iter()
+        .position(|s| s.name == server)
+        .ok_or_else(|| {
+            ApiError::not_found(format!("unknown server {server:?} in backend {backend:?}"))
+        })?;
+    Ok((b, s))
+}
+
+fn rfc3339_ms(ms: u64) -> Value {
+    if ms == 0 {
+        Value::Null
+    } else {
+        let t = UNIX_EPOCH + Duration::from_millis(ms);
+        Value::String(humantime::format_rfc3339_seconds(t).to_string())
+    }
+}
+
+fn site_json(rt: &Runtime, snap: &Snapshot, i: usize) -> Value {
+    let site = &rt.config.sites[i];
+    let st = &snap.sites[i];
+    json!({
+        "name": site.name,
+        "hosts": site.hosts,
+        "backend": rt.config.backends[site.backend].name,
+        "maintenance": {
+            "enabled": st.settings.enabled,
+            "retry_after": st.settings.retry_after,
+            "paths": st.settings.paths,
+            "message": st.settings.message,
+        },
+        "allow": st.settings.allow.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        "in_maintenance": st.settings.enabled || snap.all_maint[site.backend],
+    })
+}
+
+fn server_json(rt: &Runtime, snap: &Snapshot, b: usize, s: usize) -> Value {
+    let conf = &rt.config.backends[b].servers[s];
+    let live = &rt.live[b][s];
+    let admin = snap.servers[b][s];
+    json!({
+        "backend": rt.config.backends[b].name,
+        "name": conf.name,
+        "addr": conf.addr,
+        "state": admin.state.as_str(),
+        "health": if live.up.load(Relaxed) { "up" } else { "down" },
+        "weight": admin.weight,
+        "backup": conf.backup,
+        "inflight": rt.metrics.servers[b][s].inflight.get(),
+        "sticky_last_seen": rfc3339_ms(live.last_sticky_ms.load(Relaxed)),
+        "requests_total": live.requests_total.load(Relaxed),
+    })
+}
+
+pub fn status(rt: &Runtime) -> Value {
+    let snap = rt.snapshot();
+    let sites: Vec<Value> = (0..rt.config.sites.len())
+        .map(|i| site_json(rt, &snap, i))
+        .collect();
+    let backends: Vec<Value> = rt
+        .config
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(b, backend)| {
+            json!({
+                "name": backend.name,
+                "servers": (0..backend.servers.len()).map(|s| server_json(rt, &snap, b, s)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({"sites": sites, "backends": backends})
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceBody {
+    enabled: bool,
+    retry_after: Option<u64>,
+    paths: Option<Vec<String>>,
+    /// Absent: unchanged; `null` or `""`: cleared.
+    #[serde(default, deserialize_with = "present")]
+    message: Option<Option<String>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+impl MaintenanceBody {
+    fn check(&self) -> Result<(), ApiError> {
+        if let Some(r) = self.retry_after {
+            if r == 0 || r > MAX_RETRY_AFTER {
+                return Err(ApiError::bad(format!(
+                    "retry_after must be between 1 and {MAX_RETRY_AFTER} seconds"
+                )));
+            }
+        }
+        if let Some(paths) = &self.paths {
+            if paths.len() > MAX_PATHS {
+                return Err(ApiError::bad(format!("at most {MAX_PATHS} paths")));
+            }
+            for p in paths {
+                regex::Regex::new(p)
+                    .map_err(|e| ApiError::bad(format!("paths: invalid regex {p:?}: {e}")))?;
+            }
+        }
+        if let Some(Some(m)) = &self.message {
+            if m.chars().count() > MAX_MESSAGE {
+                return Err(ApiError::bad(format!(
+                    "message longer than {MAX_MESSAGE} characters"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&self, s: &mut crate::config::MaintenanceSettings) {
+        s.enabled = self.enabled;
+        if let Some(r) = self.retry_after {
+            s.retry_after = r;
+        }
+        if let Some(p) = &self.paths {
+            s.paths = p.clone();
+        }
+        if let Some(m) = &self.message {
+            s.message = m.clone().filter(|m| !m.is_empty());
+        }
+    }
+}
+
+fn log_maintenance(rt: &Runtime, i: usize, b: &MaintenanceBody) {
+    log::warn!(
+        "admin: site {} maintenance {}",
+        rt.config.sites[i].name,
+        if b.enabled { "ON" } else { "off" }
+    );
+}
+
+fn maintenance(rt: &Runtime, i: usize, body: MaintenanceBody) -> ApiResult {
+    body.check()?;
+    rt.update(|d| {
+        body.apply(&mut d.sites[i]);
+        Ok(())
+    })?;
+    log_maintenance(rt, i, &body);
+    Ok((200, site_json(rt, &rt.snapshot(), i)))
+}
+
+fn maintenance_all(rt: &Runtime, body: MaintenanceBody) -> ApiResult {
+    body.check()?;
+    rt.update(|d| {
+        d.sites.iter_mut().for_each(|s| body.apply(s));
+        Ok(())
+    })?;
+    let snap = rt.snapshot();
+    for i in 0..rt.config.sites.len() {
+        log_maintenance(rt, i, &body);
+    }
+    let sites: Vec<Value> = (0..rt.config.sites.len())
+        .map(|i| site_json(rt, &snap, i))
+        .collect();
+    Ok((200, json!({ "sites": sites })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowBody {
+    cidr: String,
+}
+
+fn allow(rt: &Runtime, i: usize, add: bool, body: AllowBody) -> ApiResult {
+    let net = parse_cidr(&body.cidr)
+        .ok_or_else(|| ApiError::bad(format!("invalid CIDR {:?}", body.cidr)))?;
+    rt.update(|d| {
+        let list = &mut d.sites[i].allow;
+        if add {
+            if list.len() >= MAX_ALLOW {
+                return Err(ApiError::bad(format!(
+                    "the allow list is full ({MAX_ALLOW} entries)"
+                )));
+            }
+            if !list.contains(&net) {
+                list.push(net);
+            }
+            Ok(())
+        } else {
+            let before = list.len();
+            list.retain(|n| *n != net);
+            if list.len() == before {
+                Err(ApiError::not_found(format!(
+                    "{net} is not in the allow list"
+                )))
+            } else {
+                Ok(())
+            }
+        }
+    })?;
+    log::warn!(
+        "admin: site {} allow {} {net}",
+        rt.config.sites[i].name,
+        if add { "add" } else { "del" }
+    );
+    let allow: Vec<String> = rt.snapshot().sites[i]
+        .settings
+        .allow
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    Ok((
+        200,
+        json!({ "site": rt.config.sites[i].name, "allow": allow }),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    ttl: Option<String>,
+}
+
+fn bypass_token(rt: &Runtime, i: usize, body: TokenBody) -> ApiResult {
+    let ttl = match body.ttl.as_deref() {
+        None => Duration::from_secs(8 * 3600),
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| ApiError::bad(format!("invalid ttl {t:?}: {e}")))?,
+    };
+    if ttl < Duration::from_secs(60) || ttl > MAX_TTL {
+        return Err(ApiError::bad("ttl must be between 1m and 30days"));
+    }
+    let site = &rt.config.sites[i];
+    let expiry = now_ms() / 1000 + ttl.as_secs();
+    let token = bypass::issue(&rt.keys[i], &site.name, expiry);
+    log::warn!(
+        "admin: site {} bypass token issued, valid for {}",
+        site.name,
+        humantime::format_duration(ttl)
+    );
+    let expires =
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(expiry)).to_string();
+    Ok((
+        200,
+        json!({
+            "site": site.name,
+            "cookie": format!("{}={token}", site.bypass_cookie),
+            "cookie_name": site.bypass_cookie,
+            "token": token,
+            "expires": expires,
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateBody {
+    state: String,
+}
+
+fn set_state(rt: &Runtime, b: usize, s: usize, body: StateBody) -> ApiResult {
+    let state = AdminState::parse(&body.state).ok_or_else(|| {
+        ApiError::bad(format!(
+            "unknown state {:?}, expected ready, drain or maint",
+            body.state
+        ))
+    })?;
+    rt.update(|d| {
+        d.servers[b][s].state = state;
+        Ok(())
+    })?;
+    log::warn!(
+        "admin: server {}/{} state {}",
+        rt.config.backends[b].name,
+        rt.config.backends[b].servers[s].name,
+        state.as_str()
+    );
+    Ok((200, server_json(rt, &rt.snapshot(), b, s)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightBody {
+    weight: i64,
+}
+
+fn set_weight(rt: &Runtime, b: usize, s: usize, body: WeightBody) -> ApiResult {
+    let weight = u32::try_from(body.weight)
+        .ok()
+        .filter(|w| *w <= MAX_WEIGHT)
+        .ok_or_else(|| ApiError::bad(format!("weight must be between 0 and {MAX_WEIGHT}")))?;
+    rt.update(|d| {
+        d.servers[b][s].weight = weight;
+        Ok(())
+    })?;
+    log::warn!(
+        "admin: server {}/{} weight {weight}",
+        rt.config.backends[b].name,
+        rt.config.backends[b].servers[s].name
+    );
+    Ok((200, server_json(rt, &rt.snapshot(), b, s)))
+}
+
+fn query_secs(query: &str, key: &str, default: u64) -> Result<u64, ApiError> {
+    for pair in query.split('&') {
+        if let Some((k, v)) = pair.split_once('=') {
+            if k == key {
+                let secs = v
+                    .parse::<u64>()
+                    .ok()
+                    .or_else(|| humantime::parse_duration(v).ok().map(|d| d.as_secs()))
+                    .ok_or_else(|| {
+                        ApiError::bad(format!("{key}: invalid number of seconds {v:?}"))
+                    })?;
+                if secs > MAX_WAIT_SECS {
+                    return Err(ApiError::bad(format!(
+                        "{key} must be at most {MAX_WAIT_SECS} seconds"
+                    )));
+                }
+                return Ok(secs);
+            }
+        }
+    }
+    Ok(default)
+}
+
+/// The drain verdict: in drain or maint, nothing in flight, and no request
+/// routed here by its cookie for `idle`.
+fn drain_status(rt: &Runtime, b: usize, s: usize, idle: u64) -> (bool, Value) {
+    let snap = rt.snapshot();
+    let inflight = rt.metrics.servers[b][s].inflight.get();
+    let last = rt.live[b][s].last_sticky_ms.load(Relaxed);
+    let since = if last == 0 {
+        None
+    } else {
+        Some(now_ms().saturating_sub(last) / 1000)
+    };
+    let out_of_rotation = snap.servers[b][s].state != AdminState::Ready;
+    let drained = out_of_rotation && inflight == 0 && since.is_none_or(|s| s >= idle);
+    let mut v = server_json(rt, &snap, b, s);
+    v["drained"] = Value::Bool(drained);
+    v["idle"] = json!(idle);
+    v["seconds_since_sticky"] = json!(since);
+    (drained, v)
+}
+
+async fn drained(rt: &Runtime, b: usize, s: usize, query: &str) -> ApiResult {
+    let timeout = query_secs(query, "timeout", 600)?;
+    let idle = query_secs(query, "idle", 60)?;
+    if rt.snapshot().servers[b][s].state == AdminState::Ready {
+        return Err(ApiError::new(
+            409,
+            format!(
+                "server {}/{} is ready: set it to drain or maint first",
+                rt.config.backends[b].name, rt.config.backends[b].servers[s].name
+            ),
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+    loop {
+        let (done, v) = drain_status(rt, b, s, idle);
+        if done {
+            return Ok((200, v));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok((408, v));
+        }
+        if rt.snapshot().servers[b][s].state == AdminState::Ready {
+            return Err(ApiError::new(
+                409,
+                "the server was set back to ready while waiting",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200).min(deadline - tokio::time::Instant::now()))
+            .await;
+    }
+}

@@ -1,0 +1,399 @@
+//! `drawbridge ctl`: a thin client of the admin API. Each subcommand calls
+//! one endpoint and prints a readable result (`--json` prints the body).
+//! Exit codes: 0 success, 1 API or connection error, 2 wait-drained timeout.
+
+use crate::httpc::{self, Request, Response};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// Admin API base URL [env: DRAWBRIDGE_ADMIN_URL, default http://127.0.0.1:9090]
+    #[arg(long, global = true)]
+    pub admin: Option<String>,
+    /// Bearer token [env: DRAWBRIDGE_ADMIN_TOKEN]
+    #[arg(long, global = true)]
+    pub token: Option<String>,
+    /// Print the raw JSON answer
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Sites, backends and servers at a glance
+    Status,
+    /// Switch a site's maintenance page on or off
+    Maintenance {
+        #[command(subcommand)]
+        action: MaintenanceAction,
+    },
+    /// Set a server's admin state: ready, drain or maint
+    Server { target: String, state: String },
+    /// Set a server's weight (0..=256)
+    Weight { target: String, weight: i64 },
+    /// Wait until a server in drain or maint has no more users
+    WaitDrained {
+        target: String,
+        /// Give up after this long (exit 2)
+        #[arg(long, default_value = "10m")]
+        timeout: String,
+        /// How long without sticky requests counts as drained
+        #[arg(long, default_value = "60s")]
+        idle: String,
+    },
+    /// Add or remove a CIDR from a site's maintenance allow list
+    Allow {
+        #[arg(value_parser = ["add", "del"])]
+        action: String,
+        site: String,
+        cidr: String,
+    },
+    /// Issue a signed cookie that lets its holder through a site's maintenance
+    BypassToken {
+        site: String,
+        #[arg(long, default_value = "8h")]
+        ttl: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MaintenanceAction {
+    On {
+        site: String,
+        /// Seconds sent as Retry-After
+        #[arg(long)]
+        retry_after: Option<u64>,
+        /// Only paths matching this regex (repeatable); none = whole site
+        #[arg(long = "path")]
+        paths: Vec<String>,
+        /// Shown on the maintenance page
+        #[arg(long)]
+        message: Option<String>,
+    },
+    Off {
+        site: String,
+    },
+}
+
+struct Client {
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Response, String> {
+        let mut req = Request::new(method, path).header("Accept", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        if let Some(b) = body {
+            req = req
+                .header("Content-Type", "application/json")
+                .body(b.to_string());
+        }
+        httpc::request(&self.base, &req, timeout)
+            .map_err(|e| format!("cannot reach the admin API at {}: {e}", self.base))
+    }
+}
+
+fn api_error(r: &Response) -> String {
+    r.json()
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| r.text())
+}
+
+fn split_target(t: &str) -> Result<(&str, &str), String> {
+    t.split_once('/')
+        .filter(|(b, s)| !b.is_empty() && !s.is_empty())
+        .ok_or_else(|| format!("expected BACKEND/SERVER, got {t:?}"))
+}
+
+fn secs(s: &str, what: &str) -> Result<u64, String> {
+    humantime::parse_duration(s)
+        .map(|d| d.as_secs())
+        .or_else(|_| s.parse::<u64>())
+        .map_err(|_| format!("{what}: invalid duration {s:?} (e.g. 90s, 10m)"))
+}
+
+/// Run a ctl command; returns the process exit code.
+pub fn run(args: CtlArgs) -> i32 {
+    let client = Client {
+        base: args
+            .admin
+            .clone()
+            .or_else(|| {
+                std::env::var("DRAWBRIDGE_ADMIN_URL")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+            })
+            .unwrap_or_else(|| "http://127.0.0.1:9090".into()),
+        token: args.token.clone().or_else(|| {
+            std::env::var("DRAWBRIDGE_ADMIN_TOKEN")
+                .ok()
+                .filter(|v| !v.is_empty())
+        }),
+    };
+    match execute(&client, &args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+const CALL: Duration = Duration::from_secs(10);
+
+fn execute(c: &Client, args: &CtlArgs) -> Result<i32, String> {
+    let (method, path, body) = match &args.cmd {
+        CtlCommand::WaitDrained {
+            target,
+            timeout,
+            idle,
+        } => {
+            return wait_drained(
+                c,
+                args.json,
+                target,
+                secs(timeout, "--timeout")?,
+                secs(idle, "--idle")?,
+            )
+        }
+        CtlCommand::Status => ("GET", "/api/v1/status".to_string(), None),
+        CtlCommand::Maintenance {
+            action:
+                MaintenanceAction::On {
+                    site,
+                    retry_after,
+                    paths,
+                    message,
+                },
+        } => {
+            let mut b = json!({"enabled": true, "paths": paths, "message": message});
+            if let Some(r) = retry_after {
+                b["retry_after"] = json!(r);
+            }
+            ("PUT", format!("/api/v1/sites/{site}/maintenance"), Some(b))
+        }
+        CtlCommand::Maintenance {
+            action: MaintenanceAction::Off { site },
+        } => (
+            "PUT",
+            format!("/api/v1/sites/{site}/maintenance"),
+            Some(json!({"enabled": false})),
+        ),
+        CtlCommand::Server { target, state } => {
+            let (b, s) = split_target(target)?;
+            (
+                "PUT",
+                format!("/api/v1/backends/{b}/servers/{s}/state"),
+                Some(json!({"state": state})),
+            )
+        }
+        CtlCommand::Weight { target, weight } => {
+            let (b, s) = split_target(target)?;
+            (
+                "PUT",
+                format!("/api/v1/backends/{b}/servers/{s}/weight"),
+                Some(json!({"weight": weight})),
+            )
+        }
+        CtlCommand::Allow { action, site, cidr } => {
+            let m = if action == "add" { "POST" } else { "DELETE" };
+            (
+                m,
+                format!("/api/v1/sites/{site}/allow"),
+                Some(json!({"cidr": cidr})),
+            )
+        }
+        CtlCommand::BypassToken { site, ttl } => (
+            "POST",
+            format!("/api/v1/sites/{site}/bypass-tokens"),
+            Some(json!({"ttl": ttl})),
+        ),
+    };
+    let r = c.call(method, &path, body, CALL)?;
+    if r.status >= 400 {
+        return Err(api_error(&r));
+    }
+    let v = r.json()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(0);
+    }
+    match &args.cmd {
+        CtlCommand::Status => print_status(&v),
+        CtlCommand::Maintenance { .. } => println!("{}", site_line(&v)),
+        CtlCommand::Server { .. } | CtlCommand::Weight { .. } => println!("{}", server_line(&v)),
+        CtlCommand::Allow { .. } => {
+            let list: Vec<&str> = v["allow"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            println!(
+                "site {} allow list: {}",
+                v["site"].as_str().unwrap_or("?"),
+                if list.is_empty() {
+                    "(empty: nobody)".into()
+                } else {
+                    list.join(", ")
+                }
+            );
+        }
+        CtlCommand::BypassToken { .. } => {
+            println!("{}", v["cookie"].as_str().unwrap_or(""));
+            eprintln!(
+                "valid until {}; set it as a cookie, e.g.",
+                v["expires"].as_str().unwrap_or("?")
+            );
+            eprintln!(
+                "  curl -b '{}' http://your-site/",
+                v["cookie"].as_str().unwrap_or("")
+            );
+        }
+        CtlCommand::WaitDrained { .. } => {}
+    }
+    Ok(0)
+}
+
+fn site_line(v: &Value) -> String {
+    let m = &v["maintenance"];
+    let mut line = format!(
+        "site {}: maintenance {}",
+        v["name"].as_str().unwrap_or("?"),
+        if m["enabled"].as_bool() == Some(true) {
+            "ON"
+        } else {
+            "off"
+        }
+    );
+    if m["enabled"].as_bool() == Some(true) {
+        line.push_str(&format!(", Retry-After {}s", m["retry_after"]));
+        if let Some(paths) = m["paths"].as_array().filter(|p| !p.is_empty()) {
+            let p: Vec<&str> = paths.iter().filter_map(Value::as_str).collect();
+            line.push_str(&format!(", paths {}", p.join(" ")));
+        }
+        if let Some(msg) = m["message"].as_str() {
+            line.push_str(&format!(", message {msg:?}"));
+        }
+    }
+    if v["in_maintenance"].as_bool() == Some(true) && m["enabled"].as_bool() != Some(true) {
+        line.push_str(" (in maintenance: every server is in maint)");
+    }
+    line
+}
+
+fn server_line(v: &Value) -> String {
+    format!(
+        "{}/{} {}: state {}, health {}, weight {}, in flight {}, requests {}, last sticky {}",
+        v["backend"].as_str().unwrap_or("?"),
+        v["name"].as_str().unwrap_or("?"),
+        v["addr"].as_str().unwrap_or("?"),
+        v["state"].as_str().unwrap_or("?"),
+        v["health"].as_str().unwrap_or("?"),
+        v["weight"],
+        v["inflight"],
+        v["requests_total"],
+        v["sticky_last_seen"].as_str().unwrap_or("never"),
+    )
+}
+
+fn print_status(v: &Value) {
+    println!("SITES");
+    for s in v["sites"].as_array().into_iter().flatten() {
+        let allow: Vec<&str> = s["allow"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!(
+            "  {}  (allow: {})",
+            site_line(s),
+            if allow.is_empty() {
+                "none".into()
+            } else {
+                allow.join(", ")
+            }
+        );
+    }
+    println!("BACKENDS");
+    for b in v["backends"].as_array().into_iter().flatten() {
+        for s in b["servers"].as_array().into_iter().flatten() {
+            println!("  {}", server_line(s));
+        }
+    }
+}
+
+fn wait_drained(
+    c: &Client,
+    json_out: bool,
+    target: &str,
+    timeout: u64,
+    idle: u64,
+) -> Result<i32, String> {
+    let (b, s) = split_target(target)?;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(timeout);
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    loop {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .as_secs()
+            .min(2);
+        let path = format!("/api/v1/backends/{b}/servers/{s}/drained?timeout={left}&idle={idle}");
+        let r = c.call("GET", &path, None, Duration::from_secs(left + 10))?;
+        if r.status != 200 && r.status != 408 {
+            return Err(api_error(&r));
+        }
+        let v = r.json()?;
+        let since = v["seconds_since_sticky"]
+            .as_u64()
+            .map(|s| format!("{s}s ago"))
+            .unwrap_or_else(|| "never".into());
+        let line = format!(
+            "{target}: {} | in flight {} | last sticky request {since} (idle {idle}s) | waited {}s",
+            v["state"].as_str().unwrap_or("?"),
+            v["inflight"],
+            start.elapsed().as_secs()
+        );
+        if tty {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+        let _ = std::io::stderr().flush();
+        if r.status == 200 {
+            if tty {
+                eprintln!();
+            }
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                println!("{target} is drained: safe to stop");
+            }
+            return Ok(0);
+        }
+        if Instant::now() >= deadline {
+            if tty {
+                eprintln!();
+            }
+            println!("{target} is not drained after {timeout}s");
+            return Ok(2);
+        }
+    }
+}

@@ -1,0 +1,761 @@
+//! Configuration: the file format (`file`), the checked model (`model`) and
+//! the validation between them. `load` reads a YAML file and returns either
+//! the model or every problem found, each naming the file and the key path.
+
+mod file;
+pub mod model;
+
+pub use model::*;
+
+use crate::proxy::sticky;
+use file::*;
+use ipnet::IpNet;
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Defaults of CONTRACT section 2.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9091";
+pub const DEFAULT_STATE_FILE: &str = "var/drawbridge-state.json";
+pub const DEFAULT_TOKEN_ENV: &str = "DRAWBRIDGE_ADMIN_TOKEN";
+pub const DEFAULT_BYPASS_COOKIE: &str = "DRAWBRIDGE_BYPASS";
+pub const DEFAULT_RETRY_AFTER: u64 = 600;
+const TOP_KEYS: [&str; 8] = [
+    "server",
+    "admin",
+    "metrics",
+    "state_file",
+    "trusted_proxies",
+    "listeners",
+    "sites",
+    "backends",
+];
+
+/// Read and validate a configuration file.
+pub fn load(path: &Path) -> Result<Config, Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
+    parse(&text, path)
+}
+
+/// Validate configuration text; `path` names the file in messages and is the
+/// base for relative file references.
+pub fn parse(text: &str, path: &Path) -> Result<Config, Vec<String>> {
+    let mut v = Validator {
+        file: path.display().to_string(),
+        base: path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(".")),
+        problems: Vec::new(),
+    };
+    let config = v.document(text, path);
+    match config {
+        Some(c) if v.problems.is_empty() => Ok(c),
+        _ => Err(v.problems),
+    }
+}
+
+struct Validator {
+    file: String,
+    base: PathBuf,
+    problems: Vec<String>,
+}
+
+impl Validator {
+    fn problem(&mut self, key: &str, msg: impl std::fmt::Display) {
+        self.problems.push(format!("{}: {key}: {msg}", self.file));
+    }
+
+    /// Deserialize one node, reporting a type or unknown-key error at `key`.
+    fn node<T: DeserializeOwned>(&mut self, value: &Value, key: &str) -> Option<T> {
+        match serde_yaml::from_value::<T>(value.clone()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let msg = e.to_string();
+                // serde_yaml prefixes nested errors with their own path.
+                match msg.split_once(": ") {
+                    Some((inner, rest)) if !inner.contains(' ') => {
+                        self.problem(&format!("{key}.{inner}"), rest)
+                    }
+                    _ => self.problem(key, msg),
+                }
+                None
+            }
+        }
+    }
+
+    /// Deserialize a list node element by element, so that one bad element
+    /// does not hide problems in the others.
+    fn list<T: DeserializeOwned>(&mut self, value: Option<&Value>, key: &str) -> Vec<Option<T>> {
+        match value {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Sequence(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| self.node(item, &format!("{key}[{i}]")))
+                .collect(),
+            Some(_) => {
+                self.problem(key, "expected a list");
+                Vec::new()
+            }
+        }
+    }
+
+    fn document(&mut self, text: &str, path: &Path) -> Option<Config> {
+        let root: Value = match serde_yaml::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                self.problems.push(format!("{}: {e}", self.file));
+                return None;
+            }
+        };
+        let map = match &root {
+            Value::Mapping(m) => m.clone(),
+            Value::Null => Default::default(),
+            _ => {
+                self.problems
+                    .push(format!("{}: the document must be a mapping", self.file));
+                return None;
+            }
+        };
+        for k in map.keys() {
+            let name = k.as_str().unwrap_or("?");
+            if !TOP_KEYS.contains(&name) {
+                self.problem(
+                    name,
+                    format!("unknown key, expected one of {}", TOP_KEYS.join(", ")),
+                );
+            }
+        }
+        let get = |k: &str| map.get(Value::String(k.to_string()));
+        let server_file: ServerFile = match get("server") {
+            Some(v) if !v.is_null() => self.node(v, "server").unwrap_or_default(),
+            _ => ServerFile::default(),
+        };
+        let admin_file: AdminFile = match get("admin") {
+            Some(v) if !v.is_null() => self.node(v, "admin").unwrap_or_default(),
+            _ => AdminFile::default(),
+        };
+        let metrics_file: MetricsFile = match get("metrics") {
+            Some(v) if !v.is_null() => self.node(v, "metrics").unwrap_or_default(),
+            _ => MetricsFile::default(),
+        };
+        let state_file: Option<String> = match get("state_file") {
+            Some(v) if !v.is_null() => self.node(v, "state_file"),
+            _ => None,
+        };
+        let trusted: Vec<Option<String>> = self.list(get("trusted_proxies"), "trusted_proxies");
+        let listeners: Vec<Option<ListenerFile>> = self.list(get("listeners"), "listeners");
+        let sites: Vec<Option<SiteFile>> = self.list(get("sites"), "sites");
+        let backends: Vec<Option<BackendFile>> = self.list(get("backends"), "backends");
+
+        let server = self.server(server_file);
+        let admin = self.admin(admin_file);
+        let metrics_listen = metrics_file
+            .listen
+            .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.to_string());
+        self.socket_addr(&metrics_listen, "metrics.listen");
+        let trusted_proxies = trusted
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                c.as_deref()
+                    .and_then(|c| self.cidr(c, &format!("trusted_proxies[{i}]")))
+            })
+            .collect();
+        let state_file = self.resolve(state_file.as_deref().unwrap_or(DEFAULT_STATE_FILE));
+
+        let backends = self.backends(&backends);
+        let backend_names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+        let sites = self.sites(&sites, &backend_names);
+        let listeners = self.listeners(&listeners, &backend_names);
+        if listeners.is_empty() && self.problems.is_empty() {
+            self.problem("listeners", "at least one listener is needed");
+        }
+        if listeners.iter().any(|l| l.protocol == Protocol::Http) && sites.is_empty() {
+            self.problem("sites", "an http listener needs at least one site");
+        }
+        self.distinct_addresses(&admin.listen, &metrics_listen, &listeners);
+        Some(Config {
+            path: path.to_path_buf(),
+            server,
+            admin,
+            metrics_listen,
+            state_file,
+            trusted_proxies,
+            listeners,
+            sites,
+            backends,
+        })
+    }
+
+    fn distinct_addresses(&mut self, admin: &str, metrics: &str, listeners: &[Listener]) {
+        let mut seen: Vec<(&str, String)> = vec![
+            (admin, "admin.listen".into()),
+            (metrics, "metrics.listen".into()),
+        ];
+        if admin == metrics {
+            self.problem("metrics.listen", format!("{metrics} is also admin.listen"));
+        }
+        for (i, l) in listeners.iter().enumerate() {
+            let key = format!("listeners[{i}].listen");
+            if let Some((_, other)) = seen.iter().find(|(a, _)| *a == l.listen) {
+                let msg = format!("{} is also {other}", l.listen);
+                self.problem(&key, msg);
+            }
+            seen.push((&l.listen, key));
+        }
+    }
+
+    fn resolve(&self, file: &str) -> PathBuf {
+        let p = Path::new(file);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn server(&mut self, f: ServerFile) -> ServerSettings {
+        let threads = f.threads.unwrap_or(1);
+        if threads == 0 || threads > 256 {
+            self.problem("server.threads", "must be between 1 and 256");
+        }
+        ServerSettings {
+            threads,
+            grace_period_seconds: f.grace_period_seconds.unwrap_or(10),
+            graceful_shutdown_timeout_seconds: f.graceful_shutdown_timeout_seconds.unwrap_or(5),
+            upgrade_sock: f
+                .upgrade_sock
+                .unwrap_or_else(|| "/tmp/drawbridge_upgrade.sock".into()),
+            pid_file: f.pid_file.unwrap_or_else(|| "/tmp/drawbridge.pid".into()),
+        }
+    }
+
+    fn admin(&mut self, f: AdminFile) -> AdminSettings {
+        let listen = f.listen.unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_string());
+        let addr = self.socket_addr(&listen, "admin.listen");
+        let token = match (&f.token_file, &f.token_env) {
+            (Some(_), Some(_)) => {
+                self.problem("admin.token_file", "set token_file or token_env, not both");
+                None
+            }
+            (Some(file), None) => {
+                let p = self.resolve(file);
+                match std::fs::read_to_string(&p) {
+                    Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+                    Ok(_) => {
+                        self.problem("admin.token_file", format!("{} is empty", p.display()));
+                        None
+                    }
+                    Err(e) => {
+                        self.problem(
+                            "admin.token_file",
+                            format!("cannot read {}: {e}", p.display()),
+                        );
+                        None
+                    }
+                }
+            }
+            (None, env) => std::env::var(env.as_deref().unwrap_or(DEFAULT_TOKEN_ENV))
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()),
+        };
+        if let Some(a) = addr {
+            if token.is_none() && !a.ip().is_loopback() {
+                self.problem(
+                    "admin.listen",
+                    format!("{listen} is not a loopback address: it needs a token (token_env or token_file)"),
+                );
+            }
+        }
+        AdminSettings { listen, token }
+    }
+
+    fn socket_addr(&mut self, s: &str, key: &str) -> Option<SocketAddr> {
+        match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(key, format!("invalid socket address {s:?}"));
+                None
+            }
+        }
+    }
+
+    /// An upstream address: `ip:port`, or `host:port` resolved at start.
+    fn upstream_addr(&mut self, s: &str, key: &str) {
+        if s.parse::<SocketAddr>().is_ok() {
+            return;
+        }
+        let ok = match s.rsplit_once(':') {
+            Some((host, port)) => {
+                port.parse::<u16>().is_ok_and(|p| p > 0)
+                    && !host.is_empty()
+                    && host.len() <= 253
+                    && host.split('.').all(|l| {
+                        !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    })
+            }
+            None => false,
+        };
+        if !ok {
+            self.problem(key, format!("invalid socket address {s:?}"));
+        }
+    }
+
+    fn cidr(&mut self, s: &str, key: &str) -> Option<IpNet> {
+        match parse_cidr(s) {
+            Some(n) => Some(n),
+            None => {
+                self.problem(key, format!("invalid CIDR {s:?}"));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, s: Option<&str>, default: Duration, key: &str) -> Duration {
+        let Some(s) = s else { return default };
+        match humantime::parse_duration(s.trim()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.problem(key, "must be greater than zero");
+                default
+            }
+            Err(e) => {
+                self.problem(
+                    key,
+                    format!("invalid duration {s:?} ({e}); use e.g. 500ms, 2s, 10m"),
+                );
+                default
+            }
+        }
+    }
+
+    fn page(&mut self, file: &str, key: &str) -> Option<String> {
+        let p = self.resolve(file);
+        match std::fs::read_to_string(&p) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.problem(key, format!("cannot read {}: {e}", p.display()));
+                None
+            }
+        }
+    }
+
+    fn unique(&mut self, names: &mut HashSet<String>, name: &str, key: &str, what: &str) {
+        if name.is_empty() {
+            self.problem(key, format!("{what} name must not be empty"));
+        } else if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            self.problem(
+                key,
+                format!("{what} name {name:?} may only use letters, digits, '-', '_' and '.'"),
+            );
+        } else if !names.insert(name.to_string()) {
+            self.problem(key, format!("duplicate {what} name {name:?}"));
+        }
+    }
+
+    fn backends(&mut self, files: &[Option<BackendFile>]) -> Vec<Backend> {
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for (i, f) in files.iter().enumerate() {
+            let Some(f) = f else { continue };
+            let key = format!("backends[{i}]");
+            self.unique(&mut names, &f.name, &format!("{key}.name"), "backend");
+            let balance = match f.balance.as_deref().unwrap_or("round_robin") {
+                "round_robin" => Balance::RoundRobin,
+                "random" => Balance::Random,
+                "source_hash" => Balance::SourceHash,
+                other => {
+                    self.problem(
+                        &format!("{key}.balance"),
+                        format!("unknown balance {other:?}, expected round_robin, random or source_hash"),
+                    );
+                    Balance::RoundRobin
+                }
+            };
+            let sticky = f
+                .sticky
+                .as_ref()
+                .map(|s| self.sticky(s, &format!("{key}.sticky")));
+            let health_check = f
+                .health_check
+                .as_ref()
+                .map(|h| self.health(h, &format!("{key}.health_check")));
+            let connect_timeout = self.duration(
+                f.connect_timeout.as_deref(),
+                Duration::from_secs(2),
+                &format!("{key}.connect_timeout"),
+            );
+            let read_timeout = self.duration(
+                f.read_timeout.as_deref(),
+                Duration::from_secs(30),
+                &format!("{key}.read_timeout"),
+            );
+            let retries = f.retries.unwrap_or(1);
+            if retries > 16 {
+                self.problem(&format!("{key}.retries"), "must be at most 16");
+            }
+            if f.servers.is_empty() {
+                self.problem(
+                    &format!("{key}.servers"),
+                    "a backend needs at least one server",
+                );
+            }
+            let mut server_names = HashSet::new();
+            let servers = f
+                .servers
+                .iter()
+                .enumerate()
+                .map(|(j, s)| {
+                    let skey = format!("{key}.servers[{j}]");
+                    self.unique(
+                        &mut server_names,
+                        &s.name,
+                        &format!("{skey}.name"),
+                        "server",
+                    );
+                    self.upstream_addr(&s.addr, &format!("{skey}.addr"));
+                    let weight = s.weight.unwrap_or(1);
+                    if weight > 256 {
+                        self.problem(&format!("{skey}.weight"), "must be between 0 and 256");
+                    }
+                    let state = match s.state.as_deref() {
+                        None => AdminState::Ready,
+                        Some(st) => AdminState::parse(st).unwrap_or_else(|| {
+                            self.problem(
+                                &format!("{skey}.state"),
+                                format!("unknown state {st:?}, expected ready, drain or maint"),
+                            );
+                            AdminState::Ready
+                        }),
+                    };
+                    Server {
+                        id: sticky::server_id(&f.name, &s.name),
+                        name: s.name.clone(),
+                        addr: s.addr.clone(),
+                        weight,
+                        backup: s.backup,
+                        state,
+                    }
+                })
+                .collect();
+            out.push(Backend {
+                name: f.name.clone(),
+                balance,
+                sticky,
+                health_check,
+                connect_timeout,
+                read_timeout,
+                retries,
+                servers,
+            });
+        }
+        out
+    }
+
+    fn sticky(&mut self, s: &StickyFile, key: &str) -> Sticky {
+        if !is_cookie_name(&s.cookie) {
+            self.problem(
+                &format!("{key}.cookie"),
+                format!("invalid cookie name {:?}", s.cookie),
+            );
+        }
+        let same_site = match s.same_site.as_deref() {
+            None => Some("Lax".to_string()),
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "lax" => Some("Lax".into()),
+                "strict" => Some("Strict".into()),
+                "none" => {
+                    if s.secure != Some(true) {
+                        self.problem(
+                            &format!("{key}.same_site"),
+                            "None needs secure: true (browsers reject it otherwise)",
+                        );
+                    }
+                    Some("None".into())
+                }
+                _ => {
+                    self.problem(
+                        &format!("{key}.same_site"),
+                        format!("unknown value {v:?}, expected Lax, Strict or None"),
+                    );
+                    None
+                }
+            },
+        };
+        Sticky {
+            cookie: s.cookie.clone(),
+            http_only: s.http_only.unwrap_or(true),
+            secure: s.secure.unwrap_or(false),
+            same_site,
+            max_age: s.max_age,
+        }
+    }
+
+    fn health(&mut self, h: &HealthCheckFile, key: &str) -> HealthCheck {
+        let kind = match h.kind.as_deref().unwrap_or("http") {
+            "http" => HealthKind::Http,
+            "tcp" => HealthKind::Tcp,
+            other => {
+                self.problem(
+                    &format!("{key}.kind"),
+                    format!("unknown kind {other:?}, expected http or tcp"),
+                );
+                HealthKind::Http
+            }
+        };
+        let path = h.path.clone().unwrap_or_else(|| "/healthz".into());
+        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            self.problem(&format!("{key}.path"), format!("invalid path {path:?}"));
+        }
+        let expect_status = h.expect_status.clone().unwrap_or_else(|| vec![200]);
+        if expect_status.is_empty() || expect_status.iter().any(|s| !(100..=599).contains(s)) {
+            self.problem(
+                &format!("{key}.expect_status"),
+                "must list HTTP status codes between 100 and 599",
+            );
+        }
+        let interval = self.duration(
+            h.interval.as_deref(),
+            Duration::from_secs(2),
+            &format!("{key}.interval"),
+        );
+        let timeout = self.duration(
+            h.timeout.as_deref(),
+            Duration::from_secs(1),
+            &format!("{key}.timeout"),
+        );
+        let rise = h.rise.unwrap_or(2);
+        let fall = h.fall.unwrap_or(3);
+        for (v, k) in [(rise, "rise"), (fall, "fall")] {
+            if v == 0 || v > 100 {
+                self.problem(&format!("{key}.{k}"), "must be between 1 and 100");
+            }
+        }
+        HealthCheck {
+            kind,
+            path,
+            host: h.host.clone(),
+            expect_status,
+            interval,
+            timeout,
+            rise,
+            fall,
+        }
+    }
+
+    fn sites(&mut self, files: &[Option<SiteFile>], backends: &[&str]) -> Vec<Site> {
+        let mut names = HashSet::new();
+        let mut hosts_seen: HashSet<String> = HashSet::new();
+        let mut defaults = 0;
+        let mut out = Vec::new();
+        for (i, f) in files.iter().enumerate() {
+            let Some(f) = f else { continue };
+            let key = format!("sites[{i}]");
+            self.unique(&mut names, &f.name, &format!("{key}.name"), "site");
+            let backend = match backends.iter().position(|b| *b == f.backend) {
+                Some(b) => b,
+                None => {
+                    self.problem(
+                        &format!("{key}.backend"),
+                        format!("unknown backend {:?}", f.backend),
+                    );
+                    0
+                }
+            };
+            if f.hosts.is_empty() {
+                defaults += 1;
+                if defaults > 1 {
+                    self.problem(
+                        &format!("{key}.hosts"),
+                        "only one site may omit hosts (the default site)",
+                    );
+                }
+            }
+            let mut hosts = Vec::new();
+            for (j, h) in f.hosts.iter().enumerate() {
+                let hk = format!("{key}.hosts[{j}]");
+                let h = h.trim().to_ascii_lowercase();
+                let bare = h.strip_prefix("*.").unwrap_or(&h);
+                if bare.is_empty()
+                    || !bare.split('.').all(|l| {
+                        !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    })
+                {
+                    self.problem(&hk, format!("invalid host name {h:?}"));
+                } else if !hosts_seen.insert(h.clone()) {
+                    self.problem(&hk, format!("host {h:?} is already used by another site"));
+                }
+                hosts.push(h);
+            }
+            let error_page = f
+                .error_page
+                .as_deref()
+                .map(|p| self.page(p, &format!("{key}.error_page")))
+                .unwrap_or_else(|| Some(crate::proxy::pages::DEFAULT_ERROR_PAGE.to_string()))
+                .unwrap_or_default();
+            let m = &f.maintenance;
+            let mkey = format!("{key}.maintenance");
+            let maintenance_page = m
+                .page
+                .as_deref()
+                .map(|p| self.page(p, &format!("{mkey}.page")))
+                .unwrap_or_else(|| Some(crate::proxy::pages::DEFAULT_MAINTENANCE_PAGE.to_string()))
+                .unwrap_or_default();
+            let retry_after = m.retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
+            if retry_after > MAX_RETRY_AFTER {
+                self.problem(
+                    &format!("{mkey}.retry_after"),
+                    format!("must be at most {MAX_RETRY_AFTER} seconds"),
+                );
+            }
+            for (j, p) in m.paths.iter().enumerate() {
+                if let Err(e) = regex::Regex::new(p) {
+                    self.problem(&format!("{mkey}.paths[{j}]"), format!("invalid regex: {e}"));
+                }
+            }
+            let allow = m
+                .allow
+                .iter()
+                .enumerate()
+                .filter_map(|(j, c)| self.cidr(c, &format!("{mkey}.allow[{j}]")))
+                .collect();
+            let bypass_cookie = m
+                .bypass_cookie
+                .clone()
+                .unwrap_or_else(|| DEFAULT_BYPASS_COOKIE.into());
+            if !is_cookie_name(&bypass_cookie) {
+                self.problem(
+                    &format!("{mkey}.bypass_cookie"),
+                    format!("invalid cookie name {bypass_cookie:?}"),
+                );
+            }
+            out.push(Site {
+                name: f.name.clone(),
+                hosts,
+                backend,
+                error_page: error_page.into(),
+                maintenance_page,
+                maintenance: MaintenanceSettings {
+                    enabled: m.enabled,
+                    retry_after,
+                    paths: m.paths.clone(),
+                    message: None,
+                    allow,
+                },
+                bypass_cookie,
+                bypass_secret_env: m.bypass_secret_env.clone(),
+            });
+        }
+        out
+    }
+
+    fn listeners(&mut self, files: &[Option<ListenerFile>], backends: &[&str]) -> Vec<Listener> {
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for (i, f) in files.iter().enumerate() {
+            let Some(f) = f else { continue };
+            let key = format!("listeners[{i}]");
+            self.unique(&mut names, &f.name, &format!("{key}.name"), "listener");
+            self.socket_addr(&f.listen, &format!("{key}.listen"));
+            let protocol = match f.protocol.as_deref().unwrap_or("http") {
+                "http" => Protocol::Http,
+                "tcp" => Protocol::Tcp,
+                other => {
+                    self.problem(
+                        &format!("{key}.protocol"),
+                        format!("unknown protocol {other:?}, expected http or tcp"),
+                    );
+                    Protocol::Http
+                }
+            };
+            if f.tls.is_some() {
+                self.problem(
+                    &format!("{key}.tls"),
+                    "TLS termination is not supported yet: terminate TLS in front of drawbridge",
+                );
+            }
+            let backend = match (&f.backend, protocol) {
+                (Some(b), Protocol::Tcp) => match backends.iter().position(|n| n == b) {
+                    Some(i) => Some(i),
+                    None => {
+                        self.problem(&format!("{key}.backend"), format!("unknown backend {b:?}"));
+                        None
+                    }
+                },
+                (None, Protocol::Tcp) => {
+                    self.problem(&format!("{key}.backend"), "a tcp listener needs a backend");
+                    None
+                }
+                (Some(_), Protocol::Http) => {
+                    self.problem(
+                        &format!("{key}.backend"),
+                        "http listeners route by site: set the backend on the site",
+                    );
+                    None
+                }
+                (None, Protocol::Http) => None,
+            };
+            if protocol == Protocol::Http && f.maintenance.is_some() {
+                self.problem(
+                    &format!("{key}.maintenance"),
+                    "http listeners take maintenance from their sites",
+                );
+            }
+            if protocol == Protocol::Tcp {
+                self.problem(
+                    &format!("{key}.protocol"),
+                    "tcp listeners are not supported yet",
+                );
+            }
+            let tm = f.maintenance.as_ref();
+            let tcp_allow = tm
+                .map(|m| {
+                    m.allow
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(j, c)| self.cidr(c, &format!("{key}.maintenance.allow[{j}]")))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Listener {
+                name: f.name.clone(),
+                listen: f.listen.clone(),
+                protocol,
+                backend,
+                tcp_maintenance: tm.is_some_and(|m| m.enabled),
+                tcp_allow,
+            });
+        }
+        out
+    }
+}
+
+/// Longest Retry-After accepted, in seconds (a week).
+pub const MAX_RETRY_AFTER: u64 = 7 * 24 * 3600;
+
+/// Parse a CIDR, or a bare address meaning a single host.
+pub fn parse_cidr(s: &str) -> Option<IpNet> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+        .map(|n| n.trunc())
+}
+
+/// RFC 6265 token characters.
+pub fn is_cookie_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}

@@ -1,0 +1,202 @@
+//! The validated internal model. Everything here has been parsed and checked
+//! once at start: addresses, CIDRs, regexes, durations and pages. Nothing
+//! downstream re-parses configuration text.
+
+use bytes::Bytes;
+use ipnet::IpNet;
+use regex::RegexSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Admin state of a server, set by operators (config, API, state file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// Takes new and sticky users.
+    Ready,
+    /// Keeps its sticky users, takes no new ones.
+    Drain,
+    /// Takes nobody, except requests that bypass maintenance.
+    Maint,
+}
+
+impl AdminState {
+    pub const ALL: [AdminState; 3] = [AdminState::Ready, AdminState::Drain, AdminState::Maint];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AdminState> {
+        AdminState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    Random,
+    SourceHash,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub threads: usize,
+    pub grace_period_seconds: u64,
+    pub graceful_shutdown_timeout_seconds: u64,
+    pub upgrade_sock: String,
+    pub pid_file: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: String,
+    /// The bearer token; `None` means only loopback clients are served.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub listen: String,
+    pub protocol: Protocol,
+    /// For tcp listeners: the backend connections go to.
+    pub backend: Option<usize>,
+    /// For tcp listeners: initial maintenance and allow list.
+    pub tcp_maintenance: bool,
+    pub tcp_allow: Vec<IpNet>,
+}
+
+/// The maintenance settings an operator can change at runtime. The config
+/// gives their initial values; the state file overrides them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MaintenanceSettings {
+    pub enabled: bool,
+    pub retry_after: u64,
+    /// Regexes on the path; empty means the whole site.
+    pub paths: Vec<String>,
+    pub message: Option<String>,
+    pub allow: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub name: String,
+    /// Lower-case host names; `*.` prefixes are wildcards.
+    pub hosts: Vec<String>,
+    pub backend: usize,
+    pub error_page: Bytes,
+    pub maintenance_page: String,
+    pub maintenance: MaintenanceSettings,
+    pub bypass_cookie: String,
+    pub bypass_secret_env: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sticky {
+    pub cookie: String,
+    pub http_only: bool,
+    pub secure: bool,
+    pub same_site: Option<String>,
+    pub max_age: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthKind {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub kind: HealthKind,
+    pub path: String,
+    pub host: Option<String>,
+    pub expect_status: Vec<u16>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: usize,
+    pub fall: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub name: String,
+    /// `ip:port` or `host:port`; host names are resolved when the proxy starts.
+    pub addr: String,
+    pub weight: u32,
+    pub backup: bool,
+    pub state: AdminState,
+    /// Opaque sticky-cookie id, stable across instances with the same config.
+    pub id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub name: String,
+    pub balance: Balance,
+    pub sticky: Option<Sticky>,
+    pub health_check: Option<HealthCheck>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub retries: usize,
+    pub servers: Vec<Server>,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub server: ServerSettings,
+    pub admin: AdminSettings,
+    pub metrics_listen: String,
+    pub state_file: PathBuf,
+    pub trusted_proxies: Vec<IpNet>,
+    pub listeners: Vec<Listener>,
+    pub sites: Vec<Site>,
+    pub backends: Vec<Backend>,
+}
+
+impl Config {
+    pub fn site_index(&self, name: &str) -> Option<usize> {
+        self.sites.iter().position(|s| s.name == name)
+    }
+
+    pub fn backend_index(&self, name: &str) -> Option<usize> {
+        self.backends.iter().position(|b| b.name == name)
+    }
+
+    pub fn server_count(&self) -> usize {
+        self.backends.iter().map(|b| b.servers.len()).sum()
+    }
+
+    /// One-line summary printed by `check`.
+    pub fn summary(&self) -> String {
+        format!(
+            "ok: {} sites, {} backends, {} servers",
+            self.sites.len(),
+            self.backends.len(),
+            self.server_count()
+        )
+    }
+}
+
+/// Compile the path regexes of a maintenance setting. Validation has already
+/// proven that they compile, so an error here is reported, not unwrapped.
+pub fn compile_paths(paths: &[String]) -> Result<Option<RegexSet>, regex::Error> {
+    if paths.is_empty() {
+        Ok(None)
+    } else {
+        RegexSet::new(paths).map(Some)
+    }
+}

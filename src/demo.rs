@@ -1,0 +1,209 @@
+//! The demo: `demo-upstream` is a tiny app that answers its name (used by
+//! the demo, docker-compose and the tests), and `demo` starts two of them
+//! and the proxy on `conf/demo.yaml`.
+
+use async_trait::async_trait;
+use http::Response;
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::listening::Service;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+/// The demo configuration, embedded so `demo` runs from anywhere.
+pub const DEMO_CONFIG: &str = include_str!("../conf/demo.yaml");
+
+/// Longest delay `/slow` accepts, in milliseconds.
+const MAX_SLOW_MS: u64 = 30_000;
+
+pub struct DemoUpstream {
+    name: String,
+}
+
+#[async_trait]
+impl ServeHttp for DemoUpstream {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        // Consume any request body so the connection can be reused.
+        while let Ok(Some(_)) = session.read_request_body().await {}
+        let req = session.req_header();
+        let path = req.uri.path();
+        let (status, body) = match path {
+            "/healthz" => (200, "ok\n".to_string()),
+            "/headers" => {
+                let mut out = String::new();
+                for (k, v) in req.headers.iter() {
+                    out.push_str(&format!(
+                        "{}: {}\n",
+                        k.as_str(),
+                        String::from_utf8_lossy(v.as_bytes())
+                    ));
+                }
+                (200, out)
+            }
+            "/slow" => {
+                let ms = req
+                    .uri
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("ms=")))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(1000)
+                    .min(MAX_SLOW_MS);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                (200, format!("{}\n", self.name))
+            }
+            _ => (200, format!("{}\n", self.name)),
+        };
+        Response::builder()
+            .status(status)
+            .header("Content-Type", "text/plain; charset=utf-8")
+            .header("Content-Length", body.len())
+            .header("X-Upstream", self.name.as_str())
+            .body(body.into_bytes())
+            .unwrap_or_default()
+    }
+}
+
+/// Serve one demo upstream until killed. With `exit_with`, also exit when
+/// that process is gone (so `demo`'s children never outlive it).
+pub fn upstream(name: &str, listen: &str, exit_with: Option<u32>) -> ! {
+    if let Some(pid) = exit_with {
+        std::thread::spawn(move || loop {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                std::process::exit(0);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        });
+    }
+    let tag = listen.replace([':', '.', '[', ']'], "_");
+    let conf = ServerConf {
+        threads: 1,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        pid_file: format!("/tmp/drawbridge-upstream-{tag}.pid"),
+        upgrade_sock: format!("/tmp/drawbridge-upstream-{tag}.sock"),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(Opt::default()), conf);
+    server.bootstrap();
+    let mut svc = Service::new(
+        format!("demo upstream {name}"),
+        DemoUpstream {
+            name: name.to_string(),
+        },
+    );
+    svc.add_tcp(listen);
+    server.add_service(svc);
+    log::info!("demo upstream {name} listening on {listen}");
+    server.run_forever()
+}
+
+/// Kills the demo's upstreams when the demo ends.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The config file the demo runs on: `conf/demo.yaml` when run from the
+/// repository, else the embedded copy written to a temp folder.
+fn demo_config_path() -> Result<PathBuf, String> {
+    let local = PathBuf::from("conf/demo.yaml");
+    if local.exists() {
+        return Ok(local);
+    }
+    let dir = std::env::temp_dir().join("drawbridge-demo");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join("demo.yaml");
+    std::fs::write(&path, DEMO_CONFIG)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+pub fn demo() -> i32 {
+    let path = match demo_config_path() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let config = match crate::config::load(&path) {
+        Ok(c) => c,
+        Err(problems) => {
+            problems.iter().for_each(|p| eprintln!("{p}"));
+            return 1;
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: cannot find my own executable: {e}");
+            return 1;
+        }
+    };
+    let mut children = Children(Vec::new());
+    for server in config.backends.iter().flat_map(|b| &b.servers) {
+        let child = Command::new(&exe)
+            .args([
+                "demo-upstream",
+                "--name",
+                &server.name,
+                "--listen",
+                &server.addr,
+            ])
+            .args(["--exit-with", &std::process::id().to_string()])
+            .spawn();
+        match child {
+            Ok(c) => children.0.push(c),
+            Err(e) => {
+                eprintln!("error: cannot start demo upstream {}: {e}", server.name);
+                return 1;
+            }
+        }
+    }
+    let web = config
+        .listeners
+        .first()
+        .map(|l| l.listen.clone())
+        .unwrap_or_default();
+    let admin = config.admin.listen.clone();
+    let metrics = config.metrics_listen.clone();
+    println!(
+        r#"
+drawbridge demo: two upstream apps (app-01, app-02) behind the proxy.
+
+  proxy     http://{web}/
+  admin     http://{admin}/api/v1/status
+  metrics   http://{metrics}/metrics
+  config    {cfg}
+
+Try it (in another terminal):
+  curl -i http://{web}/                          # balanced, sets a SERVERID cookie
+  curl -c jar -b jar http://{web}/               # repeat: stays on one server
+  drawbridge ctl status
+  drawbridge ctl maintenance on app --message "Back at 14:00"
+  curl -i http://{web}/                          # 503 maintenance page, Retry-After
+  drawbridge ctl bypass-token app                # a cookie that lets you through
+  drawbridge ctl maintenance off app
+  drawbridge ctl server app/app-01 drain         # sticky users stay, new users go to app-02
+  drawbridge ctl wait-drained app/app-01 --idle 10s
+  drawbridge ctl server app/app-01 ready
+(`drawbridge` is target/release/drawbridge, or `cargo run --release --`.)
+Ctrl-C stops everything.
+"#,
+        cfg = path.display()
+    );
+    // The upstreams get a moment to listen before the first health check.
+    std::thread::sleep(Duration::from_millis(300));
+    let code = crate::server::run_config(config, false, false);
+    drop(children);
+    code
+}

@@ -1,0 +1,76 @@
+//! The `drawbridge` command line: thin, everything lives in the library.
+
+use clap::{Parser, Subcommand};
+use drawbridge::admin::ctl::CtlArgs;
+use std::path::PathBuf;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "drawbridge",
+    version,
+    about = "Take sites and servers out of service without hurting users"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve with a configuration file
+    Run {
+        #[arg(short, long, default_value = "conf/drawbridge.yaml")]
+        config: PathBuf,
+        /// Take over the listening sockets of a running instance
+        #[arg(long)]
+        upgrade: bool,
+        /// Run in the background
+        #[arg(long)]
+        daemon: bool,
+    },
+    /// Validate a configuration file and exit
+    Check {
+        #[arg(short, long, default_value = "conf/drawbridge.yaml")]
+        config: PathBuf,
+    },
+    /// Two demo upstreams and the proxy on conf/demo.yaml
+    Demo,
+    /// One demo upstream app
+    DemoUpstream {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        listen: String,
+        /// Exit when the process with this pid is gone
+        #[arg(long, hide = true)]
+        exit_with: Option<u32>,
+    },
+    /// The admin API client
+    Ctl(CtlArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Ctl(_) | Cmd::Check { .. }) {
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    }
+    let code = match cli.cmd {
+        Cmd::Run {
+            config,
+            upgrade,
+            daemon,
+        } => drawbridge::server::run(&config, upgrade, daemon),
+        Cmd::Check { config } => drawbridge::server::check(&config),
+        Cmd::Demo => drawbridge::demo::demo(),
+        Cmd::DemoUpstream {
+            name,
+            listen,
+            exit_with,
+        } => drawbridge::demo::upstream(&name, &listen, exit_with),
+        Cmd::Ctl(args) => drawbridge::admin::ctl::run(args),
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,178 @@
+//! The maintenance gate (CONTRACT section 3, steps 2 and 3): who the client
+//! is, whether the site is in maintenance for this path, and whether this
+//! request bypasses it. Pure functions, tested without sockets.
+
+use crate::bypass;
+use ipnet::IpNet;
+use regex::RegexSet;
+use std::net::IpAddr;
+
+/// Why a request passed a site in maintenance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bypass {
+    /// The client address is in the site's allow list.
+    Allow,
+    /// The request carries a valid bypass token.
+    Token,
+}
+
+impl Bypass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bypass::Allow => "allow",
+            Bypass::Token => "token",
+        }
+    }
+}
+
+/// The cookie value with which an allowlisted operator previews what the
+/// public sees.
+pub const PREVIEW_VALUE: &[u8] = b"off";
+
+/// The client address: the socket peer, or when the peer is a trusted proxy,
+/// the right-most `X-Forwarded-For` address that is not itself trusted.
+pub fn client_ip<'a>(
+    peer: IpAddr,
+    trusted: &[IpNet],
+    forwarded_for: impl DoubleEndedIterator<Item = &'a [u8]>,
+) -> IpAddr {
+    if !contains(trusted, peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for header in forwarded_for.rev() {
+        for hop in header.rsplit(|&b| b == b',') {
+            let Some(ip) = std::str::from_utf8(hop)
+                .ok()
+                .and_then(|s| s.trim().parse::<IpAddr>().ok())
+            else {
+                // An unparsable hop ends the chain we can believe.
+                return client;
+            };
+            client = ip;
+            if !contains(trusted, ip) {
+                return ip;
+            }
+        }
+    }
+    client
+}
+
+/// Whether `ip` is in any of `nets` (IPv4-mapped IPv6 addresses count as IPv4).
+pub fn contains(nets: &[IpNet], ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
+}
+
+/// Whether a request for `path` is in maintenance: the site's maintenance is
+/// on and the path matches (no `paths` means the whole site), or every server
+/// of its backend is in `maint`.
+pub fn in_maintenance(
+    enabled: bool,
+    paths: Option<&RegexSet>,
+    path: &str,
+    all_servers_maint: bool,
+) -> bool {
+    all_servers_maint || (enabled && paths.is_none_or(|p| p.is_match(path)))
+}
+
+/// Whether a request bypasses maintenance, and why.
+pub fn bypass(
+    client: IpAddr,
+    allow: &[IpNet],
+    cookie: Option<&[u8]>,
+    key: &bypass::Key,
+    site: &str,
+    now: u64,
+) -> Option<Bypass> {
+    if cookie == Some(PREVIEW_VALUE) {
+        return None;
+    }
+    if contains(allow, client) {
+        return Some(Bypass::Allow);
+    }
+    cookie
+        .filter(|c| bypass::verify(key, site, c, now))
+        .map(|_| Bypass::Token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(s: &[&str]) -> Vec<IpNet> {
+        s.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_peers() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let xff: [&[u8]; 1] = [b"198.51.100.1, 10.1.1.1"];
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &trusted, xff.into_iter()),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &trusted, xff.into_iter()),
+            ip("198.51.100.1")
+        );
+        // Right-most untrusted wins: a client cannot prepend its way in.
+        let xff: [&[u8]; 2] = [b"192.0.2.66", b"198.51.100.1"];
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &trusted, xff.into_iter()),
+            ip("198.51.100.1")
+        );
+        let garbage: [&[u8]; 1] = [b"nonsense"];
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &trusted, garbage.into_iter()),
+            ip("10.0.0.1")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &trusted, std::iter::empty()),
+            ip("10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn maintenance_by_switch_paths_or_all_servers_maint() {
+        let p = RegexSet::new(["^/checkout"]).unwrap();
+        assert!(!in_maintenance(false, None, "/", false));
+        assert!(in_maintenance(true, None, "/", false));
+        assert!(in_maintenance(true, Some(&p), "/checkout/pay", false));
+        assert!(!in_maintenance(true, Some(&p), "/shop", false));
+        assert!(in_maintenance(false, Some(&p), "/shop", true));
+    }
+
+    #[test]
+    fn bypass_rules() {
+        let key = bypass::Key::derive(b"k");
+        let allow = nets(&["127.0.0.2/32"]);
+        let tok = bypass::issue(&key, "app", 100);
+        let b = |client: &str, cookie: Option<&[u8]>| {
+            bypass(ip(client), &allow, cookie, &key, "app", 50)
+        };
+        assert_eq!(b("127.0.0.2", None), Some(Bypass::Allow));
+        assert_eq!(b("::ffff:127.0.0.2", None), Some(Bypass::Allow));
+        assert_eq!(b("127.0.0.2", Some(b"off")), None, "preview");
+        assert_eq!(b("127.0.0.1", None), None);
+        assert_eq!(b("127.0.0.1", Some(tok.as_bytes())), Some(Bypass::Token));
+        assert_eq!(b("127.0.0.1", Some(b"forged.token")), None);
+        assert_eq!(
+            bypass(ip("127.0.0.1"), &[], Some(tok.as_bytes()), &key, "app", 100),
+            None,
+            "expired"
+        );
+        assert_eq!(
+            bypass(ip("127.0.0.1"), &[], None, &key, "app", 1),
+            None,
+            "empty allow list allows nobody"
+        );
+    }
+}

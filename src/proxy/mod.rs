@@ -1,0 +1,549 @@
+//! The HTTP proxy: Pingora's `ProxyHttp` phases in the order they run.
+//!
+//! - `request_filter`: route to a site, find the client address, pass the
+//!   maintenance gate (or answer the maintenance page), read the sticky
+//!   cookie and choose a server (or answer the error page).
+//! - `upstream_peer`: the chosen server; on a retried connect failure, the
+//!   next one.
+//! - `upstream_request_filter`: strip our cookies, add X-Forwarded-*.
+//! - `response_filter`: pin a new or redispatched client with Set-Cookie.
+//! - `logging`: in-flight bookkeeping, metrics, the access log.
+
+pub mod gate;
+pub mod pages;
+pub mod route;
+pub mod select;
+pub mod sticky;
+
+use crate::state::{now_ms, Runtime, Snapshot};
+use async_trait::async_trait;
+use bytes::Bytes;
+use gate::Bypass;
+use http::header::{CACHE_CONTROL, COOKIE, HOST, SET_COOKIE};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use select::{Candidate, Tier};
+use smallvec::SmallVec;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Proxy {
+    rt: Arc<Runtime>,
+    /// Precomputed `Set-Cookie` values, per backend and server.
+    set_cookies: Vec<Vec<String>>,
+}
+
+impl Proxy {
+    pub fn new(rt: Arc<Runtime>) -> Proxy {
+        let set_cookies = rt
+            .config
+            .backends
+            .iter()
+            .map(|b| {
+                b.servers
+                    .iter()
+                    .map(|s| {
+                        b.sticky
+                            .as_ref()
+                            .map(|st| sticky::set_cookie(st, &s.id))
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .collect();
+        Proxy { rt, set_cookies }
+    }
+}
+
+/// How a request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Upstream,
+    Maintenance,
+    ErrorPage,
+    NoSite,
+}
+
+pub struct Ctx {
+    start: Instant,
+    snap: Option<Arc<Snapshot>>,
+    site: usize,
+    backend: usize,
+    client: IpAddr,
+    /// The server the sticky cookie names, if it is one of this backend's.
+    cookie_server: Option<usize>,
+    /// Whether the request bypasses maintenance; computed when needed.
+    bypass: Option<Option<Bypass>>,
+    bypass_cookie: Option<Bytes>,
+    server: Option<usize>,
+    tier: Option<Tier>,
+    tried: SmallVec<[usize; 4]>,
+    peer_calls: usize,
+    answer: Answer,
+}
+
+impl Ctx {
+    fn snap(&self) -> &Snapshot {
+        self.snap
+            .as_deref()
+            .expect("the snapshot is loaded first in request_filter")
+    }
+}
+
+impl Proxy {
+    fn bypass(&self, ctx: &mut Ctx) -> Option<Bypass> {
+        if let Some(b) = ctx.bypass {
+            return b;
+        }
+        let site = &self.rt.config.sites[ctx.site];
+        let b = gate::bypass(
+            ctx.client,
+            &ctx.snap().sites[ctx.site].settings.allow,
+            ctx.bypass_cookie.as_deref(),
+            &self.rt.keys[ctx.site],
+            &site.name,
+            now_ms() / 1000,
+        );
+        ctx.bypass = Some(b);
+        b
+    }
+
+    /// Choose a server for this request, or `None` when no server can answer.
+    fn choose(&self, ctx: &mut Ctx) -> Option<usize> {
+        let rt = &self.rt;
+        let b = ctx.backend;
+        let mut cands: SmallVec<[Candidate; 8]> = SmallVec::new();
+        for ((admin, live), conf) in ctx.snap().servers[b]
+            .iter()
+            .zip(&rt.live[b])
+            .zip(&rt.config.backends[b].servers)
+        {
+            cands.push(Candidate {
+                state: admin.state,
+                weight: admin.weight,
+                backup: conf.backup,
+                up: live.up.load(Relaxed),
+                seed: live.seed,
+            });
+        }
+        if let Some(s) = ctx.cookie_server.filter(|s| !ctx.tried.contains(s)) {
+            let bypass =
+                cands[s].state == crate::config::AdminState::Maint && self.bypass(ctx).is_some();
+            match select::sticky_target(&cands[s], bypass) {
+                Ok(()) => {
+                    ctx.tier = Some(Tier::Sticky);
+                    return Some(s);
+                }
+                Err(reason) if ctx.tried.is_empty() => {
+                    let m = &rt.metrics.backends[b];
+                    match reason {
+                        select::Redispatch::Down => m.redispatch_down.inc(),
+                        select::Redispatch::Maint => m.redispatch_maint.inc(),
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        let backend = &rt.config.backends[b];
+        let key = match backend.balance {
+            crate::config::Balance::RoundRobin => rt.rr[b].fetch_add(1, Relaxed),
+            crate::config::Balance::Random => rand::random(),
+            crate::config::Balance::SourceHash => select::mix(ip_key(ctx.client)),
+        };
+        let mut pick = select::balance(&cands, backend.balance, key, false, &ctx.tried);
+        // Only when no ready server is left does a bypassing request need
+        // to know it may also use servers in maint.
+        if !matches!(pick, Some((_, Tier::Ready | Tier::Backup))) && self.bypass(ctx).is_some() {
+            pick = select::balance(&cands, backend.balance, key, true, &ctx.tried).or(pick);
+        }
+        let (s, tier) = pick?;
+        if tier == Tier::Drain {
+            log::info!(
+                "{}: no ready server left, using {} in drain as a last resort",
+                backend.name,
+                backend.servers[s].name
+            );
+        }
+        ctx.tier = Some(tier);
+        Some(s)
+    }
+
+    /// Account a request to a server: in flight until `logging`.
+    fn assign(&self, ctx: &mut Ctx, s: usize) {
+        let b = ctx.backend;
+        if let Some(prev) = ctx.server.replace(s) {
+            self.rt.metrics.servers[b][prev].inflight.dec();
+        }
+        self.rt.metrics.servers[b][s].inflight.inc();
+        let live = &self.rt.live[b][s];
+        live.requests_total.fetch_add(1, Relaxed);
+        if ctx.tier == Some(Tier::Sticky) {
+            live.last_sticky_ms.store(now_ms(), Relaxed);
+        }
+    }
+
+    async fn error_page(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        ctx.answer = Answer::ErrorPage;
+        self.rt.metrics.sites[ctx.site].error_page.inc();
+        let body = self.rt.error_pages[ctx.site].clone();
+        pages::respond(session, 503, "text/html; charset=utf-8", body, &[]).await
+    }
+}
+
+fn ip_key(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => {
+            let n = u128::from(v6);
+            (n >> 64) as u64 ^ n as u64
+        }
+    }
+}
+
+fn header_bytes(
+    req: &RequestHeader,
+    name: http::header::HeaderName,
+) -> impl DoubleEndedIterator<Item = &[u8]> {
+    req.headers.get_all(name).into_iter().map(|v| v.as_bytes())
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            snap: None,
+            site: 0,
+            backend: 0,
+            client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            cookie_server: None,
+            bypass: None,
+            bypass_cookie: None,
+            server: None,
+            tier: None,
+            tried: SmallVec::new(),
+            peer_calls: 0,
+            answer: Answer::Upstream,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let rt = &self.rt;
+        ctx.start = Instant::now();
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(HOST)
+            .map(|h| h.as_bytes())
+            .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
+        let Some(site_idx) = rt.router.route(host) else {
+            ctx.answer = Answer::NoSite;
+            let body = Bytes::from_static(b"no site is configured for this host\n");
+            pages::respond(session, 404, "text/plain; charset=utf-8", body, &[]).await?;
+            return Ok(true);
+        };
+        let site = &rt.config.sites[site_idx];
+        ctx.site = site_idx;
+        ctx.backend = site.backend;
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let req = session.req_header();
+        ctx.client = if rt.config.trusted_proxies.is_empty() {
+            peer
+        } else {
+            gate::client_ip(
+                peer,
+                &rt.config.trusted_proxies,
+                header_bytes(req, http::HeaderName::from_static("x-forwarded-for")),
+            )
+        };
+        ctx.bypass_cookie = sticky::find(header_bytes(req, COOKIE), &site.bypass_cookie)
+            .map(Bytes::copy_from_slice);
+        let backend = &rt.config.backends[site.backend];
+        if let Some(st) = &backend.sticky {
+            if let Some(v) = sticky::find(header_bytes(req, COOKIE), &st.cookie) {
+                ctx.cookie_server = backend.servers.iter().position(|s| s.id.as_bytes() == v);
+                if ctx.cookie_server.is_none() {
+                    rt.metrics.backends[site.backend].redispatch_unknown.inc();
+                }
+            }
+        }
+        let snap = rt.snapshot();
+        let st = &snap.sites[site_idx];
+        let in_maintenance = gate::in_maintenance(
+            st.settings.enabled,
+            st.paths.as_ref(),
+            req.uri.path(),
+            snap.all_maint[site.backend],
+        );
+        ctx.snap = Some(snap);
+        if in_maintenance {
+            let m = &rt.metrics.sites[site_idx];
+            match self.bypass(ctx) {
+                Some(Bypass::Allow) => m.bypass_allow.inc(),
+                Some(Bypass::Token) => m.bypass_token.inc(),
+                None => {
+                    ctx.answer = Answer::Maintenance;
+                    m.maintenance_responses.inc();
+                    let page = &ctx.snap().sites[site_idx].page;
+                    let accept = session
+                        .req_header()
+                        .headers
+                        .get(http::header::ACCEPT)
+                        .map(|a| a.as_bytes());
+                    let (ctype, body) = if pages::prefers_json(accept) {
+                        ("application/json", page.json.clone())
+                    } else {
+                        ("text/html; charset=utf-8", page.html.clone())
+                    };
+                    let retry = page.retry_after.clone();
+                    pages::respond(session, 503, ctype, body, &[("Retry-After", &retry)]).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        match self.choose(ctx) {
+            Some(s) => {
+                self.assign(ctx, s);
+                Ok(false)
+            }
+            None => {
+                self.error_page(session, ctx).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        ctx.peer_calls += 1;
+        if ctx.peer_calls > 1 {
+            // A retry after a connect failure: another server.
+            if let Some(prev) = ctx.server {
+                ctx.tried.push(prev);
+            }
+            match self.choose(ctx) {
+                Some(s) => self.assign(ctx, s),
+                None => {
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(503),
+                        "no other server to retry on",
+                    )
+                }
+            }
+        }
+        let Some(s) = ctx.server else {
+            return Error::e_explain(ErrorType::HTTPStatus(503), "no server chosen");
+        };
+        let backend = &self.rt.config.backends[ctx.backend];
+        let mut peer = HttpPeer::new(self.rt.live[ctx.backend][s].addr, false, String::new());
+        peer.options.connection_timeout = Some(backend.connect_timeout);
+        peer.options.read_timeout = Some(backend.read_timeout);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(s) = ctx.server {
+            self.rt.metrics.servers[ctx.backend][s].connect_errors.inc();
+        }
+        // Nothing of the request was sent yet: safe to try another server.
+        e.set_retry(ctx.peer_calls <= self.rt.config.backends[ctx.backend].retries);
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(c) => *c,
+            _ => match e.esource() {
+                pingora_error::ErrorSource::Upstream => 502,
+                pingora_error::ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                _ => 500,
+            },
+        };
+        // No server could take the request: the site's error page, never
+        // Pingora's bare error.
+        let can_answer = code != 0 && session.response_written().is_none() && ctx.snap.is_some();
+        if can_answer && (code == 502 || code == 503 || code == 504) {
+            if let Err(err) = self.error_page(session, ctx).await {
+                log::debug!("cannot send the error page: {err}");
+            }
+            return FailToProxy {
+                error_code: 503,
+                can_reuse_downstream: false,
+            };
+        }
+        if code > 0 && session.response_written().is_none() {
+            let _ = session.respond_error(code).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let rt = &self.rt;
+        let site = &rt.config.sites[ctx.site];
+        let sticky_name = rt.config.backends[ctx.backend]
+            .sticky
+            .as_ref()
+            .map(|s| s.cookie.as_str());
+        let names: SmallVec<[&str; 2]> = sticky_name
+            .into_iter()
+            .chain([site.bypass_cookie.as_str()])
+            .collect();
+        let stripped: Option<Vec<Vec<u8>>> = {
+            let values: Vec<&[u8]> = header_bytes(up, COOKIE).collect();
+            if values.iter().any(|v| sticky::strip(v, &names).is_some()) {
+                Some(
+                    values
+                        .iter()
+                        .map(|v| sticky::strip(v, &names).unwrap_or_else(|| v.to_vec()))
+                        .collect(),
+                )
+            } else {
+                None
+            }
+        };
+        if let Some(values) = stripped {
+            up.remove_header(&COOKIE);
+            for v in values.into_iter().filter(|v| !v.is_empty()) {
+                up.append_header(COOKIE, v)?;
+            }
+        }
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let xff = http::HeaderName::from_static("x-forwarded-for");
+        let forwarded = match up.headers.get(&xff) {
+            Some(prev) => format!("{}, {peer}", String::from_utf8_lossy(prev.as_bytes())),
+            None => peer,
+        };
+        up.insert_header(xff, forwarded)?;
+        up.insert_header("X-Forwarded-Proto", "http")?;
+        if let Some(host) = session.req_header().headers.get(HOST).cloned() {
+            up.insert_header("X-Forwarded-Host", host)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(s) = ctx.server else { return Ok(()) };
+        if self.rt.config.backends[ctx.backend].sticky.is_none() || ctx.cookie_server == Some(s) {
+            return Ok(());
+        }
+        resp.append_header(SET_COOKIE, &self.set_cookies[ctx.backend][s])?;
+        let cc = resp
+            .headers
+            .get(CACHE_CONTROL)
+            .map(|v| v.as_bytes().to_vec());
+        match cc {
+            None => resp.insert_header(CACHE_CONTROL, "private")?,
+            Some(v) if !sticky::forbids_shared_cache(&v) => {
+                let kept: Vec<&str> = std::str::from_utf8(&v)
+                    .unwrap_or("")
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|d| !d.is_empty() && !d.eq_ignore_ascii_case("public"))
+                    .collect();
+                let mut value = kept.join(", ");
+                if !value.is_empty() {
+                    value.push_str(", ");
+                }
+                value.push_str("private");
+                resp.insert_header(CACHE_CONTROL, value)?;
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let rt = &self.rt;
+        if let Some(s) = ctx.server {
+            rt.metrics.servers[ctx.backend][s].inflight.dec();
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        if ctx.snap.is_none() && ctx.answer != Answer::NoSite {
+            // The request never reached routing (a malformed request).
+            return;
+        }
+        let elapsed = ctx.start.elapsed();
+        let class = crate::metrics::code_class(status);
+        let target = if ctx.answer == Answer::NoSite {
+            None
+        } else {
+            let m = &rt.metrics.sites[ctx.site];
+            m.duration.observe(elapsed.as_secs_f64());
+            match (ctx.answer, ctx.server) {
+                (Answer::Maintenance, _) => m.maintenance_requests[class].inc(),
+                (Answer::ErrorPage, _) | (_, None) => m.error_requests[class].inc(),
+                (Answer::Upstream, Some(s)) => m.requests[s][class].inc(),
+                (Answer::NoSite, _) => {}
+            }
+            Some(m)
+        };
+        if log::log_enabled!(target: "access", log::Level::Info) {
+            let req = session.req_header();
+            let site = target
+                .map(|_| rt.config.sites[ctx.site].name.as_str())
+                .unwrap_or("-");
+            let backend = &rt.config.backends[ctx.backend];
+            let served = match (ctx.answer, ctx.server) {
+                (Answer::Maintenance, _) => "maintenance".to_string(),
+                (Answer::NoSite, _) => "-".to_string(),
+                (Answer::Upstream, Some(s)) => {
+                    format!("{}/{}", backend.name, backend.servers[s].name)
+                }
+                _ => "error".to_string(),
+            };
+            let err = e
+                .map(|e| format!(" error={}", e.etype().as_str()))
+                .unwrap_or_default();
+            log::info!(
+                target: "access",
+                "{} {} {} {} {} {} {:.3}ms{}",
+                ctx.client,
+                site,
+                req.method,
+                req.uri.path(),
+                status,
+                served,
+                elapsed.as_secs_f64() * 1000.0,
+                err
+            );
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Locally generated answers: the maintenance page (HTML or JSON, 503 with
+//! Retry-After), the error page when no server can answer, and the 404 when
+//! no site matches. Bodies are rendered when settings change, not per
+//! request; headers and body go out in one write and keep-alive is kept.
+
+use bytes::Bytes;
+use pingora_core::protocols::http::HttpTask;
+use pingora_error::Result;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+pub const DEFAULT_MAINTENANCE_PAGE: &str = include_str!("../../static/maintenance.html");
+pub const DEFAULT_ERROR_PAGE: &str = include_str!("../../static/error.html");
+
+/// A maintenance answer rendered for one site's current settings.
+#[derive(Debug, Clone)]
+pub struct MaintenancePage {
+    pub html: Bytes,
+    pub json: Bytes,
+    /// The Retry-After value, already formatted.
+    pub retry_after: String,
+}
+
+impl MaintenancePage {
+    pub fn render(template: &str, site: &str, retry_after: u64, message: Option<&str>) -> Self {
+        let message_html = html_escape(message.unwrap_or(""));
+        let html = template
+            .replace("{{site}}", &html_escape(site))
+            .replace("{{message}}", &message_html)
+            .replace("{{retry_after}}", &human_duration(retry_after));
+        let json = serde_json::json!({
+            "error": "maintenance",
+            "site": site,
+            "retry_after": retry_after,
+            "message": message,
+        });
+        MaintenancePage {
+            html: Bytes::from(html),
+            json: Bytes::from(json.to_string()),
+            retry_after: retry_after.to_string(),
+        }
+    }
+}
+
+/// Render the error page for a site.
+pub fn render_error(template: &str, site: &str) -> Bytes {
+    Bytes::from(template.replace("{{site}}", &html_escape(site)))
+}
+
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// "10 minutes", "1 hour 30 minutes", "45 seconds".
+pub fn human_duration(secs: u64) -> String {
+    let unit = |n: u64, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    match (h, m, s) {
+        (0, 0, s) => unit(s, "second"),
+        (0, m, _) => unit(m, "minute"),
+        (h, 0, _) => unit(h, "hour"),
+        (h, m, _) => format!("{} {}", unit(h, "hour"), unit(m, "minute")),
+    }
+}
+
+/// Whether an Accept header prefers JSON over HTML.
+pub fn prefers_json(accept: Option<&[u8]>) -> bool {
+    let Some(accept) = accept.and_then(|a| std::str::from_utf8(a).ok()) else {
+        return false;
+    };
+    let (mut json, mut html) = (0.0f32, 0.0f32);
+    for item in accept.split(',') {
+        let mut parts = item.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        // A specific type outranks a wildcard for the same quality.
+        let (j, h) = match media.as_str() {
+            "application/json" => (q + 0.002, 0.0),
+            "text/html" => (0.0, q + 0.002),
+            "application/*" => (q + 0.001, 0.0),
+            "text/*" => (0.0, q + 0.001),
+            "*/*" => (q, q),
+            _ => (0.0, 0.0),
+        };
+        json = json.max(j);
+        html = html.max(h);
+    }
+    json > html
+}
+
+/// Write a complete local response. `head` drops the body but keeps its
+/// Content-Length; `extra` headers are added as given.
+pub async fn respond(
+    session: &mut Session,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+    extra: &[(&'static str, &str)],
+) -> Result<()> {
+    let head = session.req_header().method == http::Method::HEAD;
+    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    resp.insert_header("Content-Type", content_type)?;
+    resp.insert_header("Content-Length", body.len().to_string())?;
+    resp.insert_header("Cache-Control", "no-store")?;
+    for (k, v) in extra {
+        resp.insert_header(*k, *v)?;
+    }
+    let tasks = if head {
+        vec![HttpTask::Header(Box::new(resp), true)]
+    } else {
+        vec![
+            HttpTask::Header(Box::new(resp), false),
+            HttpTask::Body(Some(body), true),
+        ]
+    };
+    session.write_response_tasks(tasks).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_negotiation() {
+        assert!(!prefers_json(None));
+        assert!(prefers_json(Some(b"application/json")));
+        assert!(!prefers_json(Some(
+            b"text/html,application/xhtml+xml,*/*;q=0.8"
+        )));
+        assert!(prefers_json(Some(b"text/html;q=0.5, application/json")));
+        assert!(!prefers_json(Some(b"*/*")));
+        assert!(prefers_json(Some(b"application/*")));
+        assert!(!prefers_json(Some(b"\xff")));
+    }
+
+    #[test]
+    fn renders_escaped_message_and_human_retry() {
+        let p = MaintenancePage::render(
+            "{{site}}|{{message}}|{{retry_after}}",
+            "app",
+            5400,
+            Some("<b>Back</b> & soon"),
+        );
+        assert_eq!(
+            &p.html[..],
+            b"app|&lt;b&gt;Back&lt;/b&gt; &amp; soon|1 hour 30 minutes"
+        );
+        let j: serde_json::Value = serde_json::from_slice(&p.json).unwrap();
+        assert_eq!(j["error"], "maintenance");
+        assert_eq!(j["retry_after"], 5400);
+        assert_eq!(j["message"], "<b>Back</b> & soon");
+        assert_eq!(human_duration(600), "10 minutes");
+        assert_eq!(human_duration(1), "1 second");
+        assert_eq!(human_duration(3600), "1 hour");
+    }
+}

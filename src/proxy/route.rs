@@ -1,0 +1,133 @@
+//! Host routing (CONTRACT section 3, step 1): the site whose `hosts` match
+//! the request's Host, first match in config order, else the default site.
+
+use crate::config::Site;
+use std::collections::HashMap;
+
+#[derive(Debug, Default)]
+pub struct Router {
+    exact: HashMap<String, usize>,
+    /// `(".example.org", site)` for `*.example.org`, in config order.
+    wildcards: Vec<(String, usize)>,
+    default: Option<usize>,
+}
+
+impl Router {
+    pub fn new(sites: &[Site]) -> Router {
+        let mut r = Router::default();
+        for (i, site) in sites.iter().enumerate() {
+            if site.hosts.is_empty() && r.default.is_none() {
+                r.default = Some(i);
+            }
+            for h in &site.hosts {
+                match h.strip_prefix('*') {
+                    Some(suffix) => r.wildcards.push((suffix.to_string(), i)),
+                    None => {
+                        r.exact.entry(h.clone()).or_insert(i);
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    /// The site for a Host header value (port ignored, case-insensitive).
+    pub fn route(&self, host: Option<&[u8]>) -> Option<usize> {
+        let mut buf = [0u8; 256];
+        let name = host.and_then(|h| normalise(h, &mut buf));
+        let Some(name) = name else {
+            return self.default;
+        };
+        let exact = self.exact.get(name).copied();
+        let wild = self
+            .wildcards
+            .iter()
+            .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
+            .map(|(_, i)| *i);
+        match (exact, wild) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b).or(self.default),
+        }
+    }
+}
+
+/// Lower-case host name without port or trailing dot, written into `buf`.
+fn normalise<'a>(host: &[u8], buf: &'a mut [u8; 256]) -> Option<&'a str> {
+    let host = trim_port(host);
+    let host = host.strip_suffix(b".").unwrap_or(host);
+    if host.is_empty() || host.len() > buf.len() {
+        return None;
+    }
+    let out = &mut buf[..host.len()];
+    for (o, b) in out.iter_mut().zip(host) {
+        *o = b.to_ascii_lowercase();
+    }
+    std::str::from_utf8(out).ok()
+}
+
+fn trim_port(host: &[u8]) -> &[u8] {
+    if host.first() == Some(&b'[') {
+        // An IPv6 literal: keep the brackets' content.
+        return match host.iter().position(|&b| b == b']') {
+            Some(end) => &host[1..end],
+            None => host,
+        };
+    }
+    match host.iter().rposition(|&b| b == b':') {
+        Some(colon) => &host[..colon],
+        None => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MaintenanceSettings;
+
+    fn site(name: &str, hosts: &[&str]) -> Site {
+        Site {
+            name: name.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            backend: 0,
+            error_page: Default::default(),
+            maintenance_page: String::new(),
+            maintenance: MaintenanceSettings {
+                enabled: false,
+                retry_after: 1,
+                paths: vec![],
+                message: None,
+                allow: vec![],
+            },
+            bypass_cookie: "B".into(),
+            bypass_secret_env: None,
+        }
+    }
+
+    #[test]
+    fn routes_by_host_with_wildcards_and_default() {
+        let r = Router::new(&[
+            site("a", &["app.example.org"]),
+            site("w", &["*.example.org"]),
+            site("d", &[]),
+        ]);
+        assert_eq!(r.route(Some(b"app.example.org")), Some(0));
+        assert_eq!(r.route(Some(b"APP.Example.org:8080")), Some(0));
+        assert_eq!(r.route(Some(b"app.example.org.")), Some(0));
+        assert_eq!(r.route(Some(b"x.y.example.org")), Some(1));
+        assert_eq!(r.route(Some(b"example.org")), Some(2));
+        assert_eq!(r.route(Some(b"[::1]:8080")), Some(2));
+        assert_eq!(r.route(None), Some(2));
+        assert_eq!(r.route(Some(&[0xff, 0xfe])), Some(2));
+        assert_eq!(r.route(Some(&[b'a'; 5000])), Some(2));
+    }
+
+    #[test]
+    fn first_match_wins_and_no_default_means_none() {
+        let r = Router::new(&[
+            site("w", &["*.example.org"]),
+            site("a", &["app.example.org"]),
+        ]);
+        assert_eq!(r.route(Some(b"app.example.org")), Some(0));
+        assert_eq!(r.route(Some(b"other.net")), None);
+    }
+}

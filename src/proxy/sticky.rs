@@ -1,0 +1,183 @@
+//! Sticky-session cookies: the opaque server ids, reading a cookie out of
+//! `Cookie` headers, removing ours before the request goes upstream, and the
+//! `Set-Cookie` value. Pure functions over strings, tested without sockets.
+
+use crate::config::Sticky;
+use sha2::{Digest, Sha256};
+
+/// The opaque cookie id of a server: a hash of backend and server names,
+/// never the address, identical on every instance with the same config.
+pub fn server_id(backend: &str, server: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"drawbridge-sticky\0");
+    h.update(backend.as_bytes());
+    h.update(b"\0");
+    h.update(server.as_bytes());
+    let digest = h.finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Iterate the `name=value` pairs of one `Cookie` header value. Malformed
+/// pieces (no `=`) are skipped, as browsers do.
+pub fn pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    header.split(|&b| b == b';').filter_map(|piece| {
+        let piece = trim(piece);
+        let eq = piece.iter().position(|&b| b == b'=')?;
+        let (name, value) = (trim(&piece[..eq]), trim(&piece[eq + 1..]));
+        let value = value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(value);
+        Some((name, value))
+    })
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+/// The first value of cookie `name` across all given `Cookie` header values.
+pub fn find<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &str) -> Option<&'a [u8]> {
+    headers.into_iter().find_map(|h| {
+        pairs(h)
+            .find(|(n, _)| *n == name.as_bytes())
+            .map(|(_, v)| v)
+    })
+}
+
+/// The `Cookie` header value without the cookies named in `drop`, or `None`
+/// when none of them is present (the header is then left untouched). An
+/// empty result means the header should be removed.
+pub fn strip(header: &[u8], drop: &[&str]) -> Option<Vec<u8>> {
+    let named = |n: &[u8]| drop.iter().any(|d| d.as_bytes() == n);
+    if !pairs(header).any(|(n, _)| named(n)) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(header.len());
+    for piece in header.split(|&b| b == b';') {
+        let piece = trim(piece);
+        let name = piece
+            .iter()
+            .position(|&b| b == b'=')
+            .map(|eq| trim(&piece[..eq]));
+        if piece.is_empty() || name.is_some_and(named) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.extend_from_slice(b"; ");
+        }
+        out.extend_from_slice(piece);
+    }
+    Some(out)
+}
+
+/// The `Set-Cookie` value that pins a client to the server with `id`.
+pub fn set_cookie(sticky: &Sticky, id: &str) -> String {
+    let mut v = format!("{}={id}; Path=/", sticky.cookie);
+    if let Some(age) = sticky.max_age {
+        v.push_str(&format!("; Max-Age={age}"));
+    }
+    if sticky.http_only {
+        v.push_str("; HttpOnly");
+    }
+    if sticky.secure {
+        v.push_str("; Secure");
+    }
+    if let Some(ss) = &sticky.same_site {
+        v.push_str("; SameSite=");
+        v.push_str(ss);
+    }
+    v
+}
+
+/// Whether a response's `Cache-Control` already keeps shared caches from
+/// storing it, so `private` need not be added.
+pub fn forbids_shared_cache(cache_control: &[u8]) -> bool {
+    cache_control.split(|&b| b == b',').any(|d| {
+        let d = trim(d);
+        let name = d.split(|&b| b == b'=').next().unwrap_or(d);
+        name.eq_ignore_ascii_case(b"private") || name.eq_ignore_ascii_case(b"no-store")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sticky() -> Sticky {
+        Sticky {
+            cookie: "SERVERID".into(),
+            http_only: true,
+            secure: false,
+            same_site: Some("Lax".into()),
+            max_age: None,
+        }
+    }
+
+    #[test]
+    fn ids_are_stable_opaque_and_distinct() {
+        let a = server_id("app", "app-01");
+        assert_eq!(a, server_id("app", "app-01"));
+        assert_eq!(a.len(), 16);
+        assert_ne!(a, server_id("app", "app-02"));
+        assert_ne!(a, server_id("other", "app-01"));
+        // The separator keeps ("ab","c") apart from ("a","bc").
+        assert_ne!(server_id("ab", "c"), server_id("a", "bc"));
+    }
+
+    #[test]
+    fn finds_cookie_across_headers_and_ignores_garbage() {
+        let h1: &[u8] = b"a=1; garbage; SERVERID=\"abc\"";
+        let h2: &[u8] = b"SERVERID=zzz";
+        assert_eq!(find([h1, h2], "SERVERID"), Some(&b"abc"[..]));
+        assert_eq!(find([h2, h1], "SERVERID"), Some(&b"zzz"[..]));
+        assert_eq!(find([&b";;;==;"[..]], "SERVERID"), None);
+        assert_eq!(find([&b"XSERVERID=1"[..]], "SERVERID"), None);
+        assert_eq!(find([&b"SERVERID="[..]], "SERVERID"), Some(&b""[..]));
+    }
+
+    #[test]
+    fn strips_only_named_cookies() {
+        assert_eq!(strip(b"a=1; b=2", &["SERVERID"]), None);
+        assert_eq!(
+            strip(
+                b"a=1; SERVERID=x; b=2;DRAWBRIDGE_BYPASS=t",
+                &["SERVERID", "DRAWBRIDGE_BYPASS"]
+            ),
+            Some(b"a=1; b=2".to_vec())
+        );
+        assert_eq!(strip(b"SERVERID=x", &["SERVERID"]), Some(Vec::new()));
+    }
+
+    #[test]
+    fn set_cookie_has_the_configured_attributes() {
+        let mut s = sticky();
+        assert_eq!(
+            set_cookie(&s, "ab"),
+            "SERVERID=ab; Path=/; HttpOnly; SameSite=Lax"
+        );
+        s.secure = true;
+        s.max_age = Some(3600);
+        s.http_only = false;
+        assert_eq!(
+            set_cookie(&s, "ab"),
+            "SERVERID=ab; Path=/; Max-Age=3600; Secure; SameSite=Lax"
+        );
+    }
+
+    #[test]
+    fn shared_cache_directives() {
+        assert!(forbids_shared_cache(b"no-store"));
+        assert!(forbids_shared_cache(b"max-age=0, Private"));
+        assert!(!forbids_shared_cache(b"public, max-age=60"));
+        assert!(!forbids_shared_cache(b"privateish"));
+    }
+}

@@ -1,0 +1,145 @@
+//! Assembling and running the Pingora server: the proxy service on every
+//! http listener, the admin and metrics services, and the health checks.
+
+use crate::admin::AdminApp;
+use crate::config::{self, Config, Protocol};
+use crate::proxy::Proxy;
+use crate::state::Runtime;
+use async_trait::async_trait;
+use http::Response;
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::listening::Service;
+use std::path::Path;
+use std::sync::Arc;
+
+/// `GET /metrics` in the Prometheus text format.
+pub struct MetricsApp {
+    rt: Arc<Runtime>,
+}
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let (status, ctype, body) = if session.req_header().uri.path() == "/metrics" {
+            (200, "text/plain; version=0.0.4", self.rt.metrics.render())
+        } else {
+            (404, "text/plain", b"see /metrics\n".to_vec())
+        };
+        Response::builder()
+            .status(status)
+            .header("Content-Type", ctype)
+            .header("Content-Length", body.len())
+            .body(body)
+            .unwrap_or_default()
+    }
+}
+
+/// `drawbridge check`: 0 and a summary, or 1 and every problem.
+pub fn check(path: &Path) -> i32 {
+    match config::load(path) {
+        Ok(c) => {
+            println!("{}", c.summary());
+            0
+        }
+        Err(problems) => {
+            problems.iter().for_each(|p| eprintln!("{p}"));
+            1
+        }
+    }
+}
+
+/// `drawbridge run`: never returns while serving.
+pub fn run(path: &Path, upgrade: bool, daemon: bool) -> i32 {
+    match config::load(path) {
+        Ok(c) => run_config(c, upgrade, daemon),
+        Err(problems) => {
+            problems.iter().for_each(|p| eprintln!("{p}"));
+            1
+        }
+    }
+}
+
+pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
+    let settings = config.server.clone();
+    let listeners = config.listeners.clone();
+    let admin_listen = config.admin.listen.clone();
+    let metrics_listen = config.metrics_listen.clone();
+    let rt = match Runtime::new(config) {
+        Ok(rt) => Arc::new(rt),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let health = match crate::health::services(&rt) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let conf = ServerConf {
+        threads: settings.threads,
+        grace_period_seconds: Some(settings.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(settings.graceful_shutdown_timeout_seconds),
+        upgrade_sock: settings.upgrade_sock,
+        pid_file: settings.pid_file,
+        daemon,
+        ..Default::default()
+    };
+    let opt = Opt {
+        upgrade,
+        daemon,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    server.bootstrap();
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Proxy::new(rt.clone()),
+        "drawbridge proxy",
+    );
+    for l in listeners.iter().filter(|l| l.protocol == Protocol::Http) {
+        // No per-connection read buffer: an idle keep-alive client then
+        // costs a few KB instead of 64 KiB.
+        proxy.add_listener(
+            ListenerConfig::tcp(l.listen.clone()).l4_buffer(L4BufferSettings::default().read(0)),
+        );
+        log::info!("listener {} on http://{}", l.name, l.listen);
+    }
+    server.add_service(proxy);
+
+    let mut admin = Service::new("drawbridge admin".to_string(), AdminApp::new(rt.clone()));
+    admin.add_tcp(&admin_listen);
+    admin.threads = Some(1);
+    server.add_service(admin);
+    log::info!(
+        "admin API on http://{admin_listen} ({})",
+        if rt.config.admin.token.is_some() {
+            "bearer token required"
+        } else {
+            "loopback clients only"
+        }
+    );
+
+    let mut metrics = Service::new(
+        "drawbridge metrics".to_string(),
+        MetricsApp { rt: rt.clone() },
+    );
+    metrics.add_tcp(&metrics_listen);
+    metrics.threads = Some(1);
+    server.add_service(metrics);
+    log::info!("metrics on http://{metrics_listen}/metrics");
+
+    for mut h in health {
+        h.threads = Some(1);
+        server.add_service(h);
+    }
+    server.run_forever()
+}
