@@ -1,0 +1,249 @@
+//! The proxy core against real upstreams: balancing, stickiness, cookie
+//! hygiene, failover with connect retries, the error page, host routing,
+//! X-Forwarded-For, and bad input.
+
+mod common;
+
+use common::*;
+use drawbridge::httpc::{Conn, Request};
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn body_name(r: &drawbridge::httpc::Response) -> String {
+    r.text().trim().to_string()
+}
+
+#[test]
+fn round_robin_spreads_across_both_servers() {
+    let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
+    let d = Drawbridge::start(&two_server_yaml(&a.addr, &b.addr));
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for _ in 0..20 {
+        let r = d.get("/");
+        assert_eq!(r.status, 200);
+        *seen.entry(body_name(&r)).or_default() += 1;
+    }
+    assert_eq!(seen.get("app-01"), Some(&10), "{seen:?}");
+    assert_eq!(seen.get("app-02"), Some(&10), "{seen:?}");
+}
+
+#[test]
+fn a_client_keeping_its_cookie_stays_and_the_app_never_sees_it() {
+    let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
+    let d = Drawbridge::start(&two_server_yaml(&a.addr, &b.addr));
+    let first = d.get("/");
+    let cookie =
+        set_cookie_value(&first, "SERVERID").expect("a sticky cookie on the first response");
+    assert_eq!(first.header("cache-control"), Some("private"));
+    let set_cookie = first.header("set-cookie").unwrap_or("");
+    assert!(
+        set_cookie.contains("Path=/")
+            && set_cookie.contains("HttpOnly")
+            && set_cookie.contains("SameSite=Lax")
+    );
+    assert!(
+        !set_cookie.contains("127.0.0.1"),
+        "the cookie must not reveal the address: {set_cookie}"
+    );
+    let name = body_name(&first);
+    for i in 0..50 {
+        let r = d
+            .send(Request::new("GET", "/").header("Cookie", format!("other=1; SERVERID={cookie}")));
+        assert_eq!(body_name(&r), name, "request {i} left its server");
+        assert!(
+            r.header("set-cookie").is_none(),
+            "Set-Cookie again on request {i}"
+        );
+    }
+    let echoed = d
+        .send(
+            Request::new("GET", "/headers")
+                .header("Cookie", format!("other=1; SERVERID={cookie}; more=2")),
+        )
+        .text();
+    assert!(echoed.contains("cookie: other=1; more=2"), "{echoed}");
+    assert!(
+        !echoed.contains("SERVERID"),
+        "the app saw the sticky cookie: {echoed}"
+    );
+}
+
+#[test]
+fn killing_the_sticky_server_moves_the_client_without_failed_requests() {
+    let (mut a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
+    let d = Drawbridge::start(&two_server_yaml(&a.addr, &b.addr));
+    // Find a cookie for app-01.
+    let mut cookie = None;
+    for _ in 0..4 {
+        let r = d.get("/");
+        if body_name(&r) == "app-01" {
+            cookie = set_cookie_value(&r, "SERVERID");
+            break;
+        }
+    }
+    let cookie = cookie.expect("a cookie for app-01");
+    a.stop();
+    // Right after the kill the health check has not noticed yet: the connect
+    // failure is retried on app-02. Then the health check takes over.
+    let mut moved_cookie = None;
+    for i in 0..30 {
+        let r = d.send(Request::new("GET", "/").header("Cookie", format!("SERVERID={cookie}")));
+        assert_eq!(r.status, 200, "request {i} failed while app-01 went away");
+        assert_eq!(body_name(&r), "app-02");
+        if let Some(c) = set_cookie_value(&r, "SERVERID") {
+            moved_cookie = Some(c);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let moved = moved_cookie.expect("the client was re-cookied");
+    assert_ne!(moved, cookie);
+    // Within fall x interval plus slack the status shows app-01 down.
+    let down = wait_until(Duration::from_secs(5), || {
+        let s = d.api("GET", "/api/v1/backends/app/servers/app-01", None);
+        s.json().is_ok_and(|v| v["health"] == "down")
+    });
+    assert!(down, "health check did not mark app-01 down");
+    let m = d.metrics_text();
+    assert!(
+        m.contains("drawbridge_sticky_redispatch_total{backend=\"app\",reason=\"down\"}"),
+        "{m}"
+    );
+}
+
+#[test]
+fn all_servers_down_gives_the_error_page_not_the_maintenance_page() {
+    let (mut a, mut b) = (Upstream::start("app-01"), Upstream::start("app-02"));
+    let d = Drawbridge::start(&two_server_yaml(&a.addr, &b.addr));
+    a.stop();
+    b.stop();
+    for _ in 0..5 {
+        let r = d.get("/");
+        assert_eq!(r.status, 503);
+        assert!(
+            r.header("retry-after").is_none(),
+            "the error page is not maintenance"
+        );
+        let body = r.text();
+        assert!(body.contains("went wrong"), "{body}");
+        assert!(!body.to_lowercase().contains("maintenance"), "{body}");
+    }
+    // Also once health checks have marked both down (no connect attempt).
+    assert!(wait_until(Duration::from_secs(5), || d
+        .api("GET", "/api/v1/status", None)
+        .text()
+        .matches("\"down\"")
+        .count()
+        == 2));
+    let r = d.get("/");
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("went wrong"));
+}
+
+#[test]
+fn host_routing_between_two_sites_and_the_default() {
+    let (a, b, c) = (
+        Upstream::start("one"),
+        Upstream::start("two"),
+        Upstream::start("dflt"),
+    );
+    let yaml = format!(
+        r#"listeners:
+  - {{ name: web, listen: "{{web}}" }}
+sites:
+  - {{ name: one, hosts: [one.example.org], backend: one }}
+  - {{ name: two, hosts: ["*.two.example.org"], backend: two }}
+  - {{ name: fallback, backend: dflt }}
+backends:
+  - {{ name: one, servers: [{{ name: s, addr: "{}" }}] }}
+  - {{ name: two, servers: [{{ name: s, addr: "{}" }}] }}
+  - {{ name: dflt, servers: [{{ name: s, addr: "{}" }}] }}
+"#,
+        a.addr, b.addr, c.addr
+    );
+    let d = Drawbridge::start(&yaml);
+    let host = |h: &str| body_name(&d.send(Request::new("GET", "/").header("Host", h)));
+    assert_eq!(host("one.example.org"), "one");
+    assert_eq!(host("ONE.Example.ORG:8080"), "one");
+    assert_eq!(host("a.b.two.example.org"), "two");
+    assert_eq!(host("two.example.org"), "dflt");
+    assert_eq!(host("elsewhere.net"), "dflt");
+}
+
+#[test]
+fn no_matching_site_and_no_default_is_a_plain_404() {
+    let a = Upstream::start("one");
+    let yaml = format!(
+        "listeners:\n  - {{ name: web, listen: \"{{web}}\" }}\nsites:\n  - {{ name: one, hosts: [one.example.org], backend: one }}\nbackends:\n  - {{ name: one, servers: [{{ name: s, addr: \"{}\" }}] }}\n",
+        a.addr
+    );
+    let d = Drawbridge::start(&yaml);
+    let r = d.send(Request::new("GET", "/").header("Host", "other.example.org"));
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("no site"));
+}
+
+#[test]
+fn forwarded_headers_are_appended() {
+    let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
+    let d = Drawbridge::start(&two_server_yaml(&a.addr, &b.addr));
+    let r = d.send(
+        Request::new("GET", "/headers")
+            .header("Host", "shop.example.org")
+            .header("X-Forwarded-For", "198.51.100.7"),
+    );
+    let t = r.text();
+    assert!(
+        t.contains("x-forwarded-for: 198.51.100.7, 127.0.0.1"),
+        "{t}"
+    );
+    assert!(t.contains("x-forwarded-proto: http"), "{t}");
+    assert!(t.contains("x-forwarded-host: shop.example.org"), "{t}");
+}
+
+#[test]
+fn bad_cookies_and_odd_hosts_never_break_requests() {
+    let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
+    let other = "SERVERID=ffffffffffffffff";
+    let d = Drawbridge::start(&two_server_yaml(&a.addr, &b.addr));
+    let garbage = [
+        "SERVERID=",
+        "SERVERID=not-a-server",
+        "SERVERID=\"\"; ;;; =; SERVERID",
+        other,
+        "SERVERID=30e387bba64f6c83ffffffffffffffffffffffffffffffff",
+        ";;;;====;;;;",
+    ];
+    for g in garbage {
+        let r = d.send(Request::new("GET", "/").header("Cookie", g));
+        assert_eq!(r.status, 200, "cookie {g:?}");
+        assert!(
+            set_cookie_value(&r, "SERVERID").is_some(),
+            "a bad sticky value is treated as no cookie: {g:?}"
+        );
+    }
+    // Duplicated Cookie headers.
+    let r = d.send(
+        Request::new("GET", "/")
+            .header("Cookie", "SERVERID=zzz")
+            .header("Cookie", "SERVERID=yyy"),
+    );
+    assert_eq!(r.status, 200);
+    // A cookie naming a server of another backend (same server name).
+    let foreign = drawbridge::proxy::sticky::server_id("other", "app-01");
+    let r = d.send(Request::new("GET", "/").header("Cookie", format!("SERVERID={foreign}")));
+    assert_eq!(r.status, 200);
+    assert!(set_cookie_value(&r, "SERVERID").is_some());
+    // A huge header: refused cleanly or served, never a 500 or a crash.
+    let r = d.send(Request::new("GET", "/").header("X-Big", "a".repeat(100_000)));
+    assert!(r.status < 500, "status {}", r.status);
+    // Odd Host values.
+    for h in ["APP.EXAMPLE.ORG:99999", "[::1]", "a..b", "\u{7f}"] {
+        let r = d.send(Request::new("GET", "/").header("Host", h));
+        assert!(r.status < 500, "host {h:?}: {}", r.status);
+    }
+    // The proxy still serves on a keep-alive connection afterwards.
+    let mut c = Conn::open(&d.web, TIMEOUT).unwrap();
+    for _ in 0..3 {
+        assert_eq!(c.send(&Request::new("GET", "/")).unwrap().status, 200);
+    }
+}
