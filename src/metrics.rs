@@ -2,11 +2,12 @@
 //! handles are resolved at start for each site and server, so the hot path
 //! only touches atomics.
 
-use crate::config::{AdminState, Config};
+use crate::config::{AdminState, Config, Protocol};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::io::Write;
 
 const CODES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -48,10 +49,22 @@ pub struct BackendMetrics {
 
 pub struct Metrics {
     registry: Registry,
+    /// Name, help and type of every family, so that a family without any
+    /// series yet still shows its `# HELP` and `# TYPE` (see [`Metrics::render`]).
+    families: Vec<Family>,
     pub sites: Vec<SiteMetrics>,
     pub backends: Vec<BackendMetrics>,
     pub servers: Vec<Vec<ServerMetrics>>,
     pub tcp_connections: IntCounterVec,
+    /// `drawbridge_tcp_connections_total` handles by listener (empty for http
+    /// listeners), then server of the listener's backend.
+    pub tcp: Vec<Vec<IntCounter>>,
+}
+
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: &'static str,
 }
 
 /// Index of the status class of `status` in [`CODES`].
@@ -60,110 +73,124 @@ pub fn code_class(status: u16) -> usize {
 }
 
 fn counter_vec(
-    r: &Registry,
-    name: &str,
-    help: &str,
+    (r, fams): (&Registry, &mut Vec<Family>),
+    name: &'static str,
+    help: &'static str,
     labels: &[&str],
 ) -> prometheus::Result<IntCounterVec> {
     let v = IntCounterVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(v.clone()))?;
+    fams.push(Family {
+        name,
+        help,
+        kind: "counter",
+    });
     Ok(v)
 }
 
 fn gauge_vec(
-    r: &Registry,
-    name: &str,
-    help: &str,
+    (r, fams): (&Registry, &mut Vec<Family>),
+    name: &'static str,
+    help: &'static str,
     labels: &[&str],
 ) -> prometheus::Result<IntGaugeVec> {
     let v = IntGaugeVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(v.clone()))?;
+    fams.push(Family {
+        name,
+        help,
+        kind: "gauge",
+    });
     Ok(v)
 }
 
 impl Metrics {
     pub fn new(config: &Config) -> prometheus::Result<Metrics> {
         let r = Registry::new();
+        let mut f = Vec::new();
         let requests = counter_vec(
-            &r,
+            (&r, &mut f),
             "drawbridge_requests_total",
             "HTTP requests answered, by site, backend, server and status class",
             &["site", "backend", "server", "code"],
         )?;
+        const DURATION: &str = "drawbridge_request_duration_seconds";
+        const DURATION_HELP: &str = "Time from request header to the end of the response";
         let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "drawbridge_request_duration_seconds",
-                "Time from request header to the end of the response",
-            )
-            .buckets(vec![
+            HistogramOpts::new(DURATION, DURATION_HELP).buckets(vec![
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                 10.0, 30.0,
             ]),
             &["site", "backend"],
         )?;
         r.register(Box::new(duration.clone()))?;
+        f.push(Family {
+            name: DURATION,
+            help: DURATION_HELP,
+            kind: "histogram",
+        });
         let m_enabled = gauge_vec(
-            &r,
+            (&r, &mut f),
             "drawbridge_maintenance_enabled",
             "1 while the site's maintenance is on",
             &["site"],
         )?;
         let m_resp = counter_vec(
-            &r,
+            (&r, &mut f),
             "drawbridge_maintenance_responses_total",
             "Maintenance pages served",
             &["site"],
         )?;
         let m_bypass = counter_vec(
-            &r,
+            (&r, &mut f),
             "drawbridge_maintenance_bypass_total",
             "Requests let through a site in maintenance",
             &["site", "reason"],
         )?;
         let err_page = counter_vec(
-            &r,
+            (&r, &mut f),
             "drawbridge_error_page_responses_total",
             "Error pages served",
             &["site"],
         )?;
         let state = gauge_vec(
-            &r,
+            (&r, &mut f),
             "drawbridge_server_state",
             "1 for the server's current admin state, 0 for the others",
             &["backend", "server", "state"],
         )?;
         let up = gauge_vec(
-            &r,
+            (&r, &mut f),
             "drawbridge_server_up",
             "1 while the server passes its health check",
             &["backend", "server"],
         )?;
         let weight = gauge_vec(
-            &r,
+            (&r, &mut f),
             "drawbridge_server_weight",
             "The server's balancing weight",
             &["backend", "server"],
         )?;
         let inflight = gauge_vec(
-            &r,
+            (&r, &mut f),
             "drawbridge_server_inflight",
             "Requests (or tcp connections) in flight to the server",
             &["backend", "server"],
         )?;
         let redispatch = counter_vec(
-            &r,
+            (&r, &mut f),
             "drawbridge_sticky_redispatch_total",
             "Sticky requests sent to another server than their cookie named",
             &["backend", "reason"],
         )?;
         let connect_errors = counter_vec(
-            &r,
+            (&r, &mut f),
             "drawbridge_upstream_connect_errors_total",
             "Failed connections to upstream servers",
             &["backend", "server"],
         )?;
         let tcp_connections = counter_vec(
-            &r,
+            (&r, &mut f),
             "drawbridge_tcp_connections_total",
             "Layer-4 connections proxied",
             &["listener", "backend", "server"],
@@ -223,12 +250,30 @@ impl Metrics {
                     .collect()
             })
             .collect();
+        // Series of tcp listeners exist from the start, at 0, like the
+        // others: a dashboard's rate() then shows 0 rather than nothing.
+        let tcp = config
+            .listeners
+            .iter()
+            .map(|l| match l.backend {
+                Some(b) if l.protocol == Protocol::Tcp => {
+                    let b = &config.backends[b];
+                    b.servers
+                        .iter()
+                        .map(|s| tcp_connections.with_label_values(&[&l.name, &b.name, &s.name]))
+                        .collect()
+                }
+                _ => Vec::new(),
+            })
+            .collect();
         Ok(Metrics {
             registry: r,
+            families: f,
             sites,
             backends,
             servers,
             tcp_connections,
+            tcp,
         })
     }
 
@@ -243,11 +288,21 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The Prometheus text exposition of every metric. A family without
+    /// series (e.g. `drawbridge_tcp_connections_total` when no tcp listener is
+    /// configured) is still announced by its `# HELP` and `# TYPE` lines,
+    /// which the encoder alone would leave out.
     pub fn render(&self) -> Vec<u8> {
         let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+        let gathered = self.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&gathered, &mut buf) {
             log::error!("cannot encode metrics: {e}");
+        }
+        for fam in &self.families {
+            if !gathered.iter().any(|g| g.get_name() == fam.name) {
+                let _ = writeln!(buf, "# HELP {} {}", fam.name, fam.help);
+                let _ = writeln!(buf, "# TYPE {} {}", fam.name, fam.kind);
+            }
         }
         buf
     }

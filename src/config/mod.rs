@@ -71,22 +71,38 @@ impl Validator {
         self.problems.push(format!("{}: {key}: {msg}", self.file));
     }
 
-    /// Deserialize one node, reporting a type or unknown-key error at `key`.
+    /// Deserialize one node, reporting each type or unknown-key error at its
+    /// full key path. After an error the offending key is removed and the
+    /// node tried again, so one typo does not hide the problems after it.
     fn node<T: DeserializeOwned>(&mut self, value: &Value, key: &str) -> Option<T> {
-        match serde_yaml::from_value::<T>(value.clone()) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let msg = e.to_string();
-                // serde_yaml prefixes nested errors with their own path.
-                match msg.split_once(": ") {
-                    Some((inner, rest)) if !inner.contains(' ') => {
-                        self.problem(&format!("{key}.{inner}"), rest)
-                    }
-                    _ => self.problem(key, msg),
-                }
-                None
+        let mut value = value.clone();
+        let mut removed: Vec<String> = Vec::new();
+        for _ in 0..32 {
+            let err = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+                Ok(t) => return Some(t),
+                Err(e) => e,
+            };
+            let segments: Vec<serde_path_to_error::Segment> = err.path().iter().cloned().collect();
+            let inner = err.path().to_string();
+            let msg = err.into_inner().to_string();
+            let full = match inner.as_str() {
+                "" | "." => key.to_string(),
+                i if i.starts_with('[') => format!("{key}{i}"),
+                i => format!("{key}.{i}"),
+            };
+            // A required key we removed ourselves was already reported.
+            if !removed
+                .iter()
+                .any(|r| msg.contains(&format!("missing field `{r}`")))
+            {
+                self.problem(&full, msg);
+            }
+            match remove_at(&mut value, &segments) {
+                Some(k) => removed.push(k),
+                None => return None,
             }
         }
+        None
     }
 
     /// Deserialize a list node element by element, so that one bad element
@@ -621,7 +637,17 @@ impl Validator {
             }
             for (j, p) in m.paths.iter().enumerate() {
                 if let Err(e) = regex::Regex::new(p) {
-                    self.problem(&format!("{mkey}.paths[{j}]"), format!("invalid regex: {e}"));
+                    let detail = e
+                        .to_string()
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    self.problem(
+                        &format!("{mkey}.paths[{j}]"),
+                        format!("invalid regex: {detail}"),
+                    );
                 }
             }
             let allow = m
@@ -738,6 +764,32 @@ impl Validator {
             });
         }
         out
+    }
+}
+
+/// Remove the key a deserialization error points at; its name, or `None`
+/// when the path does not end at a mapping key.
+fn remove_at(value: &mut Value, path: &[serde_path_to_error::Segment]) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let (last, parents) = path.split_last()?;
+    let mut node = value;
+    for seg in parents {
+        node = match seg {
+            Segment::Seq { index } => node.as_sequence_mut()?.get_mut(*index)?,
+            Segment::Map { key } => node.as_mapping_mut()?.get_mut(key.as_str())?,
+            _ => return None,
+        };
+    }
+    match last {
+        Segment::Map { key } => node
+            .as_mapping_mut()?
+            .remove(key.as_str())
+            .map(|_| key.clone()),
+        Segment::Seq { index } if *index < node.as_sequence()?.len() => {
+            node.as_sequence_mut()?.remove(*index);
+            Some(format!("[{index}]"))
+        }
+        _ => None,
     }
 }
 
