@@ -30,3 +30,4 @@ pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod state;
+pub mod tcp;

@@ -5,6 +5,7 @@ use crate::admin::AdminApp;
 use crate::config::{self, Config, Protocol};
 use crate::proxy::Proxy;
 use crate::state::Runtime;
+use crate::tcp::TcpProxy;
 use async_trait::async_trait;
 use http::Response;
 use pingora_core::apps::http_app::ServeHttp;
@@ -114,6 +115,21 @@ pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
         log::info!("listener {} on http://{}", l.name, l.listen);
     }
     server.add_service(proxy);
+
+    for (i, l) in listeners.iter().enumerate() {
+        let (Protocol::Tcp, Some(backend)) = (l.protocol, l.backend) else {
+            continue;
+        };
+        let mut svc = Service::new(
+            format!("drawbridge tcp {}", l.name),
+            TcpProxy::new(rt.clone(), i, backend),
+        );
+        svc.add_listener(
+            ListenerConfig::tcp(l.listen.clone()).l4_buffer(L4BufferSettings::default().read(0)),
+        );
+        server.add_service(svc);
+        log::info!("listener {} on tcp://{}", l.name, l.listen);
+    }
 
     let mut admin = Service::new("drawbridge admin".to_string(), AdminApp::new(rt.clone()));
     admin.add_tcp(&admin_listen);

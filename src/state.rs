@@ -281,16 +281,20 @@ impl Runtime {
         }
     }
 
-    /// The selector's view of a backend's servers.
-    pub fn candidates(&self, snap: &Snapshot, backend: usize, out: &mut Vec<Candidate>) {
-        out.clear();
+    /// The selector's view of a backend's servers, in order.
+    pub fn candidates_into(
+        &self,
+        snap: &Snapshot,
+        backend: usize,
+        mut push: impl FnMut(Candidate),
+    ) {
         let conf = &self.config.backends[backend].servers;
         for ((admin, live), c) in snap.servers[backend]
             .iter()
             .zip(&self.live[backend])
             .zip(conf)
         {
-            out.push(Candidate {
+            push(Candidate {
                 state: admin.state,
                 weight: admin.weight,
                 backup: c.backup,
@@ -416,6 +420,8 @@ fn write_state(path: &Path, state: &StateFile) -> std::io::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
+    // A temp file left by a crash keeps its old mode: set it explicitly.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     f.write_all(&body)?;
     f.sync_all()?;
     drop(f);

@@ -738,12 +738,6 @@ impl Validator {
                     "http listeners take maintenance from their sites",
                 );
             }
-            if protocol == Protocol::Tcp {
-                self.problem(
-                    &format!("{key}.protocol"),
-                    "tcp listeners are not supported yet",
-                );
-            }
             let tm = f.maintenance.as_ref();
             let tcp_allow = tm
                 .map(|m| {

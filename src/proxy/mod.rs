@@ -117,19 +117,7 @@ impl Proxy {
         let rt = &self.rt;
         let b = ctx.backend;
         let mut cands: SmallVec<[Candidate; 8]> = SmallVec::new();
-        for ((admin, live), conf) in ctx.snap().servers[b]
-            .iter()
-            .zip(&rt.live[b])
-            .zip(&rt.config.backends[b].servers)
-        {
-            cands.push(Candidate {
-                state: admin.state,
-                weight: admin.weight,
-                backup: conf.backup,
-                up: live.up.load(Relaxed),
-                seed: live.seed,
-            });
-        }
+        rt.candidates_into(ctx.snap(), b, |c| cands.push(c));
         if let Some(s) = ctx.cookie_server.filter(|s| !ctx.tried.contains(s)) {
             let bypass =
                 cands[s].state == crate::config::AdminState::Maint && self.bypass(ctx).is_some();
@@ -194,7 +182,8 @@ impl Proxy {
     }
 }
 
-fn ip_key(ip: IpAddr) -> u64 {
+/// A 64-bit key of a client address for source hashing.
+pub fn ip_key(ip: IpAddr) -> u64 {
     match ip {
         IpAddr::V4(v4) => u64::from(u32::from(v4)),
         IpAddr::V6(v6) => {

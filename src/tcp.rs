@@ -1,0 +1,173 @@
+//! Layer-4 listeners (CONTRACT section 7): each new connection goes to a
+//! server of the listener's backend, chosen by the same selector as HTTP
+//! (no cookies at this layer: `source_hash` keeps a client on one server).
+//! `drain` takes no new connections but keeps the open ones; `maint` takes
+//! none except from allowed clients. In maintenance, connections from
+//! clients outside `allow` are closed at once. Bytes are copied both ways
+//! until both sides are done, with connect and idle timeouts.
+
+use crate::proxy::gate;
+use crate::proxy::select::{self, Candidate};
+use crate::state::Runtime;
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use smallvec::SmallVec;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub struct TcpProxy {
+    rt: Arc<Runtime>,
+    listener: usize,
+    backend: usize,
+}
+
+impl TcpProxy {
+    pub fn new(rt: Arc<Runtime>, listener: usize, backend: usize) -> TcpProxy {
+        TcpProxy {
+            rt,
+            listener,
+            backend,
+        }
+    }
+
+    /// Pick a server not yet tried; `allowed` clients may use `maint` ones.
+    fn choose(&self, client: IpAddr, allowed: bool, tried: &[usize]) -> Option<usize> {
+        let rt = &self.rt;
+        let b = self.backend;
+        let snap = rt.snapshot();
+        let mut cands: SmallVec<[Candidate; 8]> = SmallVec::new();
+        rt.candidates_into(&snap, b, |c| cands.push(c));
+        let backend = &rt.config.backends[b];
+        let key = match backend.balance {
+            crate::config::Balance::RoundRobin => rt.rr[b].fetch_add(1, Relaxed),
+            crate::config::Balance::Random => rand::random(),
+            crate::config::Balance::SourceHash => select::mix(crate::proxy::ip_key(client)),
+        };
+        select::balance(&cands, backend.balance, key, allowed, tried).map(|(s, _)| s)
+    }
+}
+
+#[async_trait]
+impl ServerApp for TcpProxy {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut client: Stream,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let rt = &self.rt;
+        let listener = &rt.config.listeners[self.listener];
+        let backend = &rt.config.backends[self.backend];
+        let peer = client
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let allowed = gate::contains(&listener.tcp_allow, peer);
+        let in_maintenance = listener.tcp_maintenance || rt.snapshot().all_maint[self.backend];
+        if in_maintenance && !allowed {
+            log::info!(target: "access", "{peer} tcp:{} - refused maintenance", listener.name);
+            return None;
+        }
+        let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
+        let upstream = loop {
+            let Some(s) = self.choose(peer, allowed, &tried) else {
+                log::warn!(
+                    "tcp {}: no server of backend {} can take {peer}",
+                    listener.name,
+                    backend.name
+                );
+                return None;
+            };
+            let addr = rt.live[self.backend][s].addr;
+            match tokio::time::timeout(backend.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => break (s, stream),
+                Ok(Err(e)) => log::warn!(
+                    "tcp {}: connect to {}: {e}",
+                    listener.name,
+                    backend.servers[s].name
+                ),
+                Err(_) => log::warn!(
+                    "tcp {}: connect to {}: timed out",
+                    listener.name,
+                    backend.servers[s].name
+                ),
+            }
+            rt.metrics.servers[self.backend][s].connect_errors.inc();
+            tried.push(s);
+            if tried.len() > backend.retries {
+                return None;
+            }
+        };
+        let (s, mut upstream) = upstream;
+        let _ = upstream.set_nodelay(true);
+        let server = &backend.servers[s];
+        let m = &rt.metrics.servers[self.backend][s];
+        m.inflight.inc();
+        rt.live[self.backend][s]
+            .requests_total
+            .fetch_add(1, Relaxed);
+        rt.metrics
+            .tcp_connections
+            .with_label_values(&[&listener.name, &backend.name, &server.name])
+            .inc();
+        let start = std::time::Instant::now();
+        let result = pump(&mut client, &mut upstream, backend.read_timeout).await;
+        m.inflight.dec();
+        let (up, down) = result.unwrap_or((0, 0));
+        log::info!(
+            target: "access",
+            "{peer} tcp:{} - {}/{} {up}B up {down}B down {:.3}s",
+            listener.name,
+            backend.name,
+            server.name,
+            start.elapsed().as_secs_f64()
+        );
+        None
+    }
+}
+
+/// Copy both ways until both directions reached end of stream (each EOF is
+/// passed on as a write shutdown) or nothing moved for `idle`.
+async fn pump<A, B>(a: &mut A, b: &mut B, idle: Duration) -> std::io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut a_buf, mut b_buf) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let (mut a_open, mut b_open) = (true, true);
+    let (mut up, mut down) = (0u64, 0u64);
+    while a_open || b_open {
+        tokio::select! {
+            r = a.read(&mut a_buf), if a_open => {
+                let n = r?;
+                if n == 0 {
+                    a_open = false;
+                    let _ = b.shutdown().await;
+                } else {
+                    b.write_all(&a_buf[..n]).await?;
+                    up += n as u64;
+                }
+            }
+            r = b.read(&mut b_buf), if b_open => {
+                let n = r?;
+                if n == 0 {
+                    b_open = false;
+                    let _ = a.shutdown().await;
+                } else {
+                    a.write_all(&b_buf[..n]).await?;
+                    a.flush().await?;
+                    down += n as u64;
+                }
+            }
+            _ = tokio::time::sleep(idle) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle timeout"));
+            }
+        }
+    }
+    Ok((up, down))
+}
