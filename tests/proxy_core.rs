@@ -247,3 +247,24 @@ fn bad_cookies_and_odd_hosts_never_break_requests() {
         assert_eq!(c.send(&Request::new("GET", "/")).unwrap().status, 200);
     }
 }
+
+#[test]
+fn a_server_refusing_connections_without_health_checks_gives_the_error_page() {
+    let dead = free_addr();
+    let yaml = format!(
+        "listeners:\n  - {{ name: web, listen: \"{{web}}\" }}\nsites:\n  - {{ name: app, backend: app }}\nbackends:\n  - {{ name: app, retries: 0, servers: [{{ name: s, addr: \"{dead}\" }}] }}\n"
+    );
+    let d = Drawbridge::start(&yaml);
+    let r = d.get("/");
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("went wrong"));
+    let m = d.metrics_text();
+    assert!(
+        m.contains("drawbridge_upstream_connect_errors_total{backend=\"app\",server=\"s\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("drawbridge_error_page_responses_total{site=\"app\"} 1"),
+        "{m}"
+    );
+}

@@ -174,11 +174,13 @@ impl Proxy {
         }
     }
 
-    async fn error_page(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+    /// The site's error page: 503 when no server could take the request,
+    /// 502 or 504 when the one that took it failed.
+    async fn error_page(&self, session: &mut Session, ctx: &mut Ctx, status: u16) -> Result<()> {
         ctx.answer = Answer::ErrorPage;
         self.rt.metrics.sites[ctx.site].error_page.inc();
         let body = self.rt.error_pages[ctx.site].clone();
-        pages::respond(session, 503, "text/html; charset=utf-8", body, &[]).await
+        pages::respond(session, status, "text/html; charset=utf-8", body, &[]).await
     }
 }
 
@@ -306,7 +308,7 @@ impl ProxyHttp for Proxy {
                 Ok(false)
             }
             None => {
-                self.error_page(session, ctx).await?;
+                self.error_page(session, ctx, 503).await?;
                 Ok(true)
             }
         }
@@ -370,11 +372,19 @@ impl ProxyHttp for Proxy {
         // Pingora's bare error.
         let can_answer = code != 0 && session.response_written().is_none() && ctx.snap.is_some();
         if can_answer && (code == 502 || code == 503 || code == 504) {
-            if let Err(err) = self.error_page(session, ctx).await {
+            // Connect failures on every server tried: nobody could answer.
+            let status = match e.etype() {
+                ErrorType::ConnectTimedout
+                | ErrorType::ConnectRefused
+                | ErrorType::ConnectNoRoute
+                | ErrorType::ConnectError => 503,
+                _ => code,
+            };
+            if let Err(err) = self.error_page(session, ctx, status).await {
                 log::debug!("cannot send the error page: {err}");
             }
             return FailToProxy {
-                error_code: 503,
+                error_code: status,
                 can_reuse_downstream: false,
             };
         }
