@@ -15,7 +15,8 @@
 //!
 //! Around it: [`config`] (file format and validation), [`state`] (the
 //! runtime snapshot behind arc-swap and the state file), [`health`]
-//! (Pingora health checks), [`admin`] (the admin API and `ctl`),
+//! (Pingora health checks), [`tcp`] (Layer-4 listeners), [`admin`] (the
+//! admin API and `ctl`), [`logging`] (batched access log),
 //! [`metrics`], [`server`] (Pingora services) and [`demo`].
 
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ pub mod config;
 pub mod demo;
 pub mod health;
 pub mod httpc;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod server;

@@ -53,9 +53,14 @@ enum Cmd {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // Usage errors exit 1, not clap's 2: for `ctl wait-drained`, 2 means
+    // "timed out", and a typo must not read as that.
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let _ = e.print();
+        std::process::exit(if e.use_stderr() { 1 } else { 0 });
+    });
     if !matches!(cli.cmd, Cmd::Ctl(_) | Cmd::Check { .. }) {
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+        drawbridge::logging::init();
     }
     let code = match cli.cmd {
         Cmd::Run {
