@@ -43,10 +43,17 @@ impl ServeHttp for MetricsApp {
 /// `drawbridge check`: 0 and a summary, or 1 and every problem.
 pub fn check(path: &Path) -> i32 {
     match config::load(path) {
-        Ok(c) => {
-            println!("{}", c.summary());
-            0
-        }
+        Ok(c) => match crate::state::initial_state(&c) {
+            // `run` would refuse a state file it cannot apply: so does `check`.
+            Ok(_) => {
+                println!("{}", c.summary());
+                0
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                1
+            }
+        },
         Err(problems) => {
             problems.iter().for_each(|p| eprintln!("{p}"));
             1

@@ -248,3 +248,25 @@ fn unreadable_or_malformed_files_are_clear_errors() {
         String::from_utf8_lossy(&out.stderr).contains("/nonexistent/drawbridge.yaml: cannot read")
     );
 }
+
+#[test]
+fn check_refuses_a_state_file_run_would_refuse() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("x.yaml");
+    std::fs::write(&path, format!("state_file: state.json\n{GOOD}")).expect("write");
+    std::fs::write(dir.path().join("state.json"), "{ not json").expect("write");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["check", "-c"]).arg(&path);
+    let out = run_bounded(cmd);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("state.json") && err.contains("cannot parse"),
+        "{err}"
+    );
+    // A valid state file is fine.
+    std::fs::write(dir.path().join("state.json"), r#"{"version":1}"#).expect("write");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["check", "-c"]).arg(&path);
+    assert_eq!(run_bounded(cmd).status.code(), Some(0));
+}
