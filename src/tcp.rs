@@ -111,10 +111,7 @@ impl ServerApp for TcpProxy {
         rt.live[self.backend][s]
             .requests_total
             .fetch_add(1, Relaxed);
-        rt.metrics
-            .tcp_connections
-            .with_label_values(&[&listener.name, &backend.name, &server.name])
-            .inc();
+        rt.metrics.tcp[self.listener][s].inc();
         let start = std::time::Instant::now();
         let result = pump(&mut client, &mut upstream, backend.read_timeout).await;
         m.inflight.dec();

@@ -283,23 +283,40 @@ impl Drawbridge {
     }
 }
 
-/// Run a command with a time limit; its output.
+/// Run a command with a time limit; its output. The pipes are read while
+/// it runs, so a command writing more than a pipe holds cannot block.
 pub fn run_bounded(mut cmd: Command) -> Output {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            return child.wait_with_output().expect("output");
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             panic!("command did not finish within 60s");
         }
         std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
     }
 }
 
@@ -344,4 +361,37 @@ backends:
 
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// `tool` if it is an executable file on `PATH`.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// An external tool a test needs (promtool, prometheus, docker-compose).
+/// Missing, the test fails and says how to install it, unless
+/// `DRAWBRIDGE_SKIP_EXTERNAL=1` is set: then it is skipped (`None`).
+pub fn external_tool(tool: &str, debian_package: &str) -> Option<PathBuf> {
+    if let Some(p) = which(tool) {
+        return Some(p);
+    }
+    if std::env::var("DRAWBRIDGE_SKIP_EXTERNAL").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: {tool} is not installed and DRAWBRIDGE_SKIP_EXTERNAL=1");
+        return None;
+    }
+    panic!(
+        "{tool} is not on PATH: install it (`apt-get install -y {debian_package}`; CI does \
+         this in .ci/run), or set DRAWBRIDGE_SKIP_EXTERNAL=1 to skip the tests that need it"
+    );
+}
+
+/// A file of the repository.
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
