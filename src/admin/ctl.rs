@@ -35,7 +35,12 @@ pub enum CtlCommand {
     /// Set a server's admin state: ready, drain or maint
     Server { target: String, state: String },
     /// Set a server's weight (0..=256)
-    Weight { target: String, weight: i64 },
+    Weight {
+        target: String,
+        /// Negative values reach the API, which answers with the range
+        #[arg(allow_negative_numbers = true)]
+        weight: i64,
+    },
     /// Wait until a server in drain or maint has no more users
     WaitDrained {
         target: String,
@@ -351,10 +356,13 @@ fn wait_drained(
     let deadline = start + Duration::from_secs(timeout);
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     loop {
+        // Rounded up: a poll of 0 s answers at once, which would turn the
+        // last second into a busy loop of requests and progress lines.
         let left = deadline
             .saturating_duration_since(Instant::now())
-            .as_secs()
-            .min(2);
+            .as_millis()
+            .div_ceil(1000)
+            .min(2) as u64;
         let path = format!("/api/v1/backends/{b}/servers/{s}/drained?timeout={left}&idle={idle}");
         let r = c.call("GET", &path, None, Duration::from_secs(left + 10))?;
         if r.status != 200 && r.status != 408 {
