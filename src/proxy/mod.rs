@@ -184,6 +184,39 @@ impl Proxy {
     }
 }
 
+/// Largest request body read and dropped so that a refused request keeps
+/// its connection alive; a larger one closes the connection instead.
+const MAX_DISCARD: usize = 64 * 1024;
+
+/// Read and drop the body of a request answered locally, so the client
+/// connection stays usable (keep-alive is kept for forms posted during
+/// maintenance). Bounded in size and time.
+async fn discard_small_body(session: &mut Session) {
+    if session.as_downstream_mut().is_body_empty() {
+        return;
+    }
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        let mut seen = 0usize;
+        loop {
+            match session.as_downstream_mut().read_request_body().await {
+                Ok(Some(chunk)) => {
+                    seen += chunk.len();
+                    if seen > MAX_DISCARD {
+                        return false;
+                    }
+                }
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if !drained {
+        session.as_downstream_mut().set_keepalive(None);
+    }
+}
+
 /// A 64-bit key of a client address for source hashing.
 pub fn ip_key(ip: IpAddr) -> u64 {
     match ip {
@@ -297,6 +330,7 @@ impl ProxyHttp for Proxy {
                         ("text/html; charset=utf-8", page.html.clone())
                     };
                     let retry = page.retry_after.clone();
+                    discard_small_body(session).await;
                     pages::respond(session, 503, ctype, body, &[("Retry-After", &retry)]).await?;
                     return Ok(true);
                 }
