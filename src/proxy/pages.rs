@@ -1,10 +1,9 @@
 //! Locally generated answers: the maintenance page (HTML or JSON, 503 with
 //! Retry-After), the error page when no server can answer, and the 404 when
 //! no site matches. Bodies are rendered when settings change, not per
-//! request; headers and body go out in one write and keep-alive is kept.
+//! request; headers and body go out in one send and keep-alive is kept.
 
 use bytes::Bytes;
-use pingora_core::protocols::http::HttpTask;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -119,15 +118,13 @@ pub async fn respond(
     for (k, v) in extra {
         resp.insert_header(*k, *v)?;
     }
-    let tasks = if head {
-        vec![HttpTask::Header(Box::new(resp), true)]
-    } else {
-        vec![
-            HttpTask::Header(Box::new(resp), false),
-            HttpTask::Body(Some(body), true),
-        ]
-    };
-    session.write_response_tasks(tasks).await?;
+    // Header then body: Pingora keeps the header in its write buffer until
+    // the body comes, so both leave in one send (write_response_tasks would
+    // flush each part on its own).
+    session.write_response_header(Box::new(resp), head).await?;
+    if !head {
+        session.write_response_body(Some(body), true).await?;
+    }
     Ok(())
 }
 
