@@ -4,9 +4,15 @@
 //! write system call of its own. Other records are written at once.
 
 use log::{Log, Metadata, Record};
+use std::cell::RefCell;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+thread_local! {
+    /// The current second and its RFC 3339 text, per thread.
+    static TIMESTAMP: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+}
 
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 const FLUSH_BYTES: usize = 64 * 1024;
@@ -38,9 +44,27 @@ impl Log for Logger {
         if !self.inner.matches(record) {
             return;
         }
-        let ts = humantime::format_rfc3339_seconds(SystemTime::now());
         let mut buf = self.access.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(buf, "[{ts} {:<5} access] {}", record.level(), record.args());
+        TIMESTAMP.with(|ts| {
+            let mut ts = ts.borrow_mut();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            // Formatting a date is costly next to the rest: once a second.
+            if ts.0 != now || ts.1.is_empty() {
+                ts.0 = now;
+                ts.1 = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(now))
+                    .to_string();
+            }
+            let _ = writeln!(
+                buf,
+                "[{} {:<5} access] {}",
+                ts.1,
+                record.level(),
+                record.args()
+            );
+        });
         if buf.len() >= FLUSH_BYTES {
             write_out(&mut buf);
         }

@@ -180,7 +180,7 @@ impl Proxy {
         ctx.answer = Answer::ErrorPage;
         self.rt.metrics.sites[ctx.site].error_page.inc();
         let body = self.rt.error_pages[ctx.site].clone();
-        pages::respond(session, status, "text/html; charset=utf-8", body, &[]).await
+        pages::respond(session, status, "text/html; charset=utf-8", body, None).await
     }
 }
 
@@ -269,7 +269,7 @@ impl ProxyHttp for Proxy {
         let Some(site_idx) = rt.router.route(host) else {
             ctx.answer = Answer::NoSite;
             let body = Bytes::from_static(b"no site is configured for this host\n");
-            pages::respond(session, 404, "text/plain; charset=utf-8", body, &[]).await?;
+            pages::respond(session, 404, "text/plain; charset=utf-8", body, None).await?;
             return Ok(true);
         };
         let site = &rt.config.sites[site_idx];
@@ -318,7 +318,8 @@ impl ProxyHttp for Proxy {
                 None => {
                     ctx.answer = Answer::Maintenance;
                     m.maintenance_responses.inc();
-                    let page = &ctx.snap().sites[site_idx].page;
+                    let snap = ctx.snap.clone().expect("loaded above");
+                    let page = &snap.sites[site_idx].page;
                     let accept = session
                         .req_header()
                         .headers
@@ -329,9 +330,8 @@ impl ProxyHttp for Proxy {
                     } else {
                         ("text/html; charset=utf-8", page.html.clone())
                     };
-                    let retry = page.retry_after.clone();
                     discard_small_body(session).await;
-                    pages::respond(session, 503, ctype, body, &[("Retry-After", &retry)]).await?;
+                    pages::respond(session, 503, ctype, body, Some(&page.retry_after)).await?;
                     return Ok(true);
                 }
             }
@@ -554,28 +554,29 @@ impl ProxyHttp for Proxy {
                 .map(|_| rt.config.sites[ctx.site].name.as_str())
                 .unwrap_or("-");
             let backend = &rt.config.backends[ctx.backend];
-            let served = match (ctx.answer, ctx.server) {
-                (Answer::Maintenance, _) => "maintenance".to_string(),
-                (Answer::NoSite, _) => "-".to_string(),
+            let (b, s) = match (ctx.answer, ctx.server) {
+                (Answer::Maintenance, _) => ("", "maintenance"),
+                (Answer::NoSite, _) => ("", "-"),
                 (Answer::Upstream, Some(s)) => {
-                    format!("{}/{}", backend.name, backend.servers[s].name)
+                    (backend.name.as_str(), backend.servers[s].name.as_str())
                 }
-                _ => "error".to_string(),
+                _ => ("", "error"),
             };
-            let err = e
-                .map(|e| format!(" error={}", e.etype().as_str()))
-                .unwrap_or_default();
+            let slash = if b.is_empty() { "" } else { "/" };
+            let micros = elapsed.as_micros();
+            let err = e.map(|e| e.etype().as_str());
             log::info!(
                 target: "access",
-                "{} {} {} {} {} {} {:.3}ms{}",
+                "{} {} {} {} {} {b}{slash}{s} {}.{:03}ms{}{}",
                 ctx.client,
                 site,
                 req.method,
                 req.uri.path(),
                 status,
-                served,
-                elapsed.as_secs_f64() * 1000.0,
-                err
+                micros / 1000,
+                micros % 1000,
+                if err.is_some() { " error=" } else { "" },
+                err.unwrap_or("")
             );
         }
     }

@@ -101,22 +101,23 @@ pub fn prefers_json(accept: Option<&[u8]>) -> bool {
     json > html
 }
 
-/// Write a complete local response. `head` drops the body but keeps its
-/// Content-Length; `extra` headers are added as given.
+/// Write a complete local response, never cached. A HEAD request gets the
+/// headers (with the body's Content-Length) and no body.
 pub async fn respond(
     session: &mut Session,
     status: u16,
-    content_type: &str,
+    content_type: &'static str,
     body: Bytes,
-    extra: &[(&'static str, &str)],
+    retry_after: Option<&str>,
 ) -> Result<()> {
+    use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
     let head = session.req_header().method == http::Method::HEAD;
-    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
-    resp.insert_header("Content-Type", content_type)?;
-    resp.insert_header("Content-Length", body.len().to_string())?;
-    resp.insert_header("Cache-Control", "no-store")?;
-    for (k, v) in extra {
-        resp.insert_header(*k, *v)?;
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(CONTENT_TYPE, content_type)?;
+    resp.insert_header(CONTENT_LENGTH, body.len())?;
+    resp.insert_header(CACHE_CONTROL, "no-store")?;
+    if let Some(r) = retry_after {
+        resp.insert_header(RETRY_AFTER, r)?;
     }
     // Header then body: Pingora keeps the header in its write buffer until
     // the body comes, so both leave in one send (write_response_tasks would
