@@ -33,8 +33,8 @@ use pingora_proxy::{ProxyHttp, Session};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const MAINTENANCE_PAGE: &str = "<!doctype html>\n<html><head><title>Maintenance</title></head>\
-<body><h1>Down for maintenance</h1><p>We will be back shortly.</p></body></html>\n";
+/// The same page drawbridge serves, so both answers cost the same bytes.
+const MAINTENANCE_PAGE: &str = include_str!("../static/maintenance.html");
 
 #[derive(Parser, Debug)]
 #[command(about = "Bare round-robin Pingora proxy (benchmark floor)")]
@@ -54,6 +54,13 @@ struct Args {
     /// L4 read buffer of the listener in bytes (Pingora's default is 65536).
     #[arg(long, default_value_t = 0)]
     l4_read_buffer: usize,
+    /// L4 write buffer of the listener in bytes (drawbridge's: 4096; Pingora's default is 1460).
+    #[arg(long, default_value_t = 4096)]
+    l4_write_buffer: usize,
+    /// Use Pingora's work-stealing runtime even with one thread (drawbridge,
+    /// like this proxy by default, uses it only with several threads).
+    #[arg(long)]
+    work_stealing: bool,
     /// Pingora pid file.
     #[arg(long, default_value = "/tmp/bench-bare-pingora.pid")]
     pid_file: String,
@@ -122,6 +129,7 @@ fn main() {
 
     let conf = ServerConf {
         threads: args.threads,
+        work_stealing: args.work_stealing || args.threads > 1,
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(1),
         pid_file: args.pid_file.clone(),
@@ -147,8 +155,11 @@ fn main() {
 
     let mut service = pingora_proxy::http_proxy_service(&server.configuration, proxy);
     service.add_listener(
-        ListenerConfig::tcp(args.listen.as_str())
-            .l4_buffer(L4BufferSettings::default().read(args.l4_read_buffer)),
+        ListenerConfig::tcp(args.listen.as_str()).l4_buffer(
+            L4BufferSettings::default()
+                .read(args.l4_read_buffer)
+                .write(args.l4_write_buffer),
+        ),
     );
     service.threads = Some(args.threads);
     server.add_service(service);

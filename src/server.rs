@@ -101,6 +101,9 @@ pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
     };
     let conf = ServerConf {
         threads: settings.threads,
+        // One worker has nothing to steal from: Pingora's no-steal runtime
+        // spares the multi-threaded scheduler's cross-thread wake-ups.
+        work_stealing: settings.threads > 1,
         grace_period_seconds: Some(settings.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(settings.graceful_shutdown_timeout_seconds),
         upgrade_sock: settings.upgrade_sock,
