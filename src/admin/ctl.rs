@@ -243,12 +243,7 @@ fn execute(c: &Client, args: &CtlArgs) -> Result<i32, String> {
         CtlCommand::Maintenance { .. } => println!("{}", site_line(&v)),
         CtlCommand::Server { .. } | CtlCommand::Weight { .. } => println!("{}", server_line(&v)),
         CtlCommand::Allow { .. } => {
-            let list: Vec<&str> = v["allow"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
+            let list = strings(&v["allow"]);
             println!(
                 "site {} allow list: {}",
                 v["site"].as_str().unwrap_or("?"),
@@ -317,15 +312,19 @@ fn server_line(v: &Value) -> String {
     )
 }
 
+/// The strings of a JSON array (none for anything else).
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 fn print_status(v: &Value) {
     println!("SITES");
     for s in v["sites"].as_array().into_iter().flatten() {
-        let allow: Vec<&str> = s["allow"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let allow = strings(&s["allow"]);
         println!(
             "  {}  (allow: {})",
             site_line(s),

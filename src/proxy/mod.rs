@@ -19,13 +19,15 @@ use crate::state::{now_ms, Runtime, Snapshot};
 use async_trait::async_trait;
 use bytes::Bytes;
 use gate::Bypass;
-use http::header::{CACHE_CONTROL, COOKIE, HOST, SET_COOKIE};
+use http::header::{HeaderValue, CACHE_CONTROL, COOKIE, HOST, SET_COOKIE};
+use http::HeaderName;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use select::{Candidate, Tier};
 use smallvec::SmallVec;
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -34,7 +36,7 @@ use std::time::Instant;
 pub struct Proxy {
     rt: Arc<Runtime>,
     /// Precomputed `Set-Cookie` values, per backend and server.
-    set_cookies: Vec<Vec<String>>,
+    set_cookies: Vec<Vec<HeaderValue>>,
 }
 
 impl Proxy {
@@ -47,10 +49,14 @@ impl Proxy {
                 b.servers
                     .iter()
                     .map(|s| {
-                        b.sticky
+                        // Cookie names and ids are checked tokens: always a
+                        // valid header value.
+                        let v = b
+                            .sticky
                             .as_ref()
                             .map(|st| sticky::set_cookie(st, &s.id))
-                            .unwrap_or_default()
+                            .unwrap_or_default();
+                        HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
                     })
                     .collect()
             })
@@ -160,6 +166,31 @@ impl Proxy {
         Some(s)
     }
 
+    /// Remove the sticky and bypass cookies from the upstream request's
+    /// `Cookie` headers: the app never sees them.
+    fn strip_our_cookies(&self, up: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+        let site = &self.rt.config.sites[ctx.site];
+        let sticky_name = self.rt.config.backends[ctx.backend]
+            .sticky
+            .as_ref()
+            .map(|s| s.cookie.as_str());
+        let names: SmallVec<[&str; 2]> = sticky_name
+            .into_iter()
+            .chain([site.bypass_cookie.as_str()])
+            .collect();
+        if !header_bytes(up, COOKIE).any(|v| sticky::strip(v, &names).is_some()) {
+            return Ok(());
+        }
+        let values: Vec<Vec<u8>> = header_bytes(up, COOKIE)
+            .map(|v| sticky::strip(v, &names).unwrap_or_else(|| v.to_vec()))
+            .collect();
+        up.remove_header(&COOKIE);
+        for v in values.into_iter().filter(|v| !v.is_empty()) {
+            up.append_header(COOKIE, v)?;
+        }
+        Ok(())
+    }
+
     /// Account a request to a server: in flight until `logging`.
     fn assign(&self, ctx: &mut Ctx, s: usize) {
         let b = ctx.backend;
@@ -216,6 +247,8 @@ async fn discard_small_body(session: &mut Session) {
         session.as_downstream_mut().set_keepalive(None);
     }
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// A 64-bit key of a client address for source hashing.
 pub fn ip_key(ip: IpAddr) -> u64 {
@@ -287,7 +320,7 @@ impl ProxyHttp for Proxy {
             gate::client_ip(
                 peer,
                 &rt.config.trusted_proxies,
-                header_bytes(req, http::HeaderName::from_static("x-forwarded-for")),
+                header_bytes(req, X_FORWARDED_FOR),
             )
         };
         ctx.bypass_cookie = sticky::find(header_bytes(req, COOKIE), &site.bypass_cookie)
@@ -437,47 +470,25 @@ impl ProxyHttp for Proxy {
         up: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let rt = &self.rt;
-        let site = &rt.config.sites[ctx.site];
-        let sticky_name = rt.config.backends[ctx.backend]
-            .sticky
-            .as_ref()
-            .map(|s| s.cookie.as_str());
-        let names: SmallVec<[&str; 2]> = sticky_name
-            .into_iter()
-            .chain([site.bypass_cookie.as_str()])
-            .collect();
-        let stripped: Option<Vec<Vec<u8>>> = {
-            let values: Vec<&[u8]> = header_bytes(up, COOKIE).collect();
-            if values.iter().any(|v| sticky::strip(v, &names).is_some()) {
-                Some(
-                    values
-                        .iter()
-                        .map(|v| sticky::strip(v, &names).unwrap_or_else(|| v.to_vec()))
-                        .collect(),
-                )
-            } else {
-                None
-            }
-        };
-        if let Some(values) = stripped {
-            up.remove_header(&COOKIE);
-            for v in values.into_iter().filter(|v| !v.is_empty()) {
-                up.append_header(COOKIE, v)?;
-            }
+        if up.headers.contains_key(COOKIE) {
+            self.strip_our_cookies(up, ctx)?;
         }
+        // X-Forwarded-For: append the socket peer to what came before.
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
-        let xff = http::HeaderName::from_static("x-forwarded-for");
-        let forwarded = match up.headers.get(&xff) {
-            Some(prev) => format!("{}, {peer}", String::from_utf8_lossy(prev.as_bytes())),
-            None => peer,
-        };
-        up.insert_header(xff, forwarded)?;
-        up.insert_header("X-Forwarded-Proto", "http")?;
+            .map(|a| a.ip());
+        let mut xff: SmallVec<[u8; 64]> = SmallVec::new();
+        if let Some(prev) = up.headers.get(X_FORWARDED_FOR) {
+            xff.extend_from_slice(prev.as_bytes());
+            xff.extend_from_slice(b", ");
+        }
+        if let Some(ip) = peer {
+            let _ = write!(xff, "{ip}");
+        }
+        let xff = HeaderValue::from_bytes(&xff).unwrap_or_else(|_| HeaderValue::from_static(""));
+        up.insert_header("X-Forwarded-For", xff)?;
+        up.insert_header("X-Forwarded-Proto", HeaderValue::from_static("http"))?;
         if let Some(host) = session.req_header().headers.get(HOST).cloned() {
             up.insert_header("X-Forwarded-Host", host)?;
         }
@@ -494,13 +505,13 @@ impl ProxyHttp for Proxy {
         if self.rt.config.backends[ctx.backend].sticky.is_none() || ctx.cookie_server == Some(s) {
             return Ok(());
         }
-        resp.append_header(SET_COOKIE, &self.set_cookies[ctx.backend][s])?;
+        resp.append_header(SET_COOKIE, self.set_cookies[ctx.backend][s].clone())?;
         let cc = resp
             .headers
             .get(CACHE_CONTROL)
             .map(|v| v.as_bytes().to_vec());
         match cc {
-            None => resp.insert_header(CACHE_CONTROL, "private")?,
+            None => resp.insert_header(CACHE_CONTROL, HeaderValue::from_static("private"))?,
             Some(v) if !sticky::forbids_shared_cache(&v) => {
                 let kept: Vec<&str> = std::str::from_utf8(&v)
                     .unwrap_or("")
