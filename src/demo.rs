@@ -186,14 +186,14 @@ drawbridge demo: two upstream apps (app-01, app-02) behind the proxy.
   config    {cfg}
 
 Try it (in another terminal):
-  curl -i http://{web}/                          # balanced, sets a SERVERID cookie
-  curl -c jar -b jar http://{web}/               # repeat: stays on one server
+  curl -i http://{web}/                    # balanced, sets a SERVERID cookie
+  curl -c jar -b jar http://{web}/        # repeat: stays on one server
   drawbridge ctl status
   drawbridge ctl maintenance on app --message "Back at 14:00"
-  curl -i http://{web}/                          # 503 maintenance page, Retry-After
-  drawbridge ctl bypass-token app                # a cookie that lets you through
+  curl -i http://{web}/                    # 503 maintenance page, Retry-After
+  drawbridge ctl bypass-token app                   # a cookie that lets you through
   drawbridge ctl maintenance off app
-  drawbridge ctl server app/app-01 drain         # sticky users stay, new users go to app-02
+  drawbridge ctl server app/app-01 drain            # sticky users stay, new users go to app-02
   drawbridge ctl wait-drained app/app-01 --idle 10s
   drawbridge ctl server app/app-01 ready
 (`drawbridge` is target/release/drawbridge, or `cargo run --release --`.)
