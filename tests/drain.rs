@@ -27,33 +27,7 @@ fn config(a: &Upstream, b: &Upstream, backup: Option<&Upstream>) -> String {
             )
         })
         .unwrap_or_default();
-    format!(
-        r#"listeners:
-  - name: web
-    listen: "{{web}}"
-sites:
-  - name: app
-    backend: app
-    maintenance:
-      allow: [127.0.0.2/32]
-backends:
-  - name: app
-    balance: round_robin
-    sticky:
-      cookie: SERVERID
-    health_check:
-      kind: http
-      path: /healthz
-      interval: 200ms
-      timeout: 200ms
-      rise: 1
-      fall: 1
-    servers:
-      - {{ name: app-01, addr: "{}" }}
-      - {{ name: app-02, addr: "{}" }}
-{backup}"#,
-        a.addr, b.addr
-    )
+    app_site_yaml(&a.addr, &b.addr, "      allow: [127.0.0.2/32]", &backup)
 }
 
 fn start() -> (Upstream, Upstream, Drawbridge) {

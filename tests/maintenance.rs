@@ -18,33 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// is the body of the site's `maintenance:` mapping (6-space indented
 /// lines), `top` goes before `listeners:` (e.g. `trusted_proxies`).
 fn config(a: &Upstream, b: &Upstream, maintenance: &str, top: &str) -> String {
-    format!(
-        r#"{top}listeners:
-  - name: web
-    listen: "{{web}}"
-sites:
-  - name: app
-    backend: app
-    maintenance:
-      enabled: false
-{maintenance}
-backends:
-  - name: app
-    sticky:
-      cookie: SERVERID
-    health_check:
-      kind: http
-      path: /healthz
-      interval: 200ms
-      timeout: 200ms
-      rise: 1
-      fall: 1
-    servers:
-      - {{ name: app-01, addr: "{}" }}
-      - {{ name: app-02, addr: "{}" }}
-"#,
-        a.addr, b.addr
-    )
+    let maintenance = format!("      enabled: false\n{maintenance}");
+    format!("{top}{}", app_site_yaml(&a.addr, &b.addr, &maintenance, ""))
 }
 
 fn upstreams() -> (Upstream, Upstream) {

@@ -329,18 +329,12 @@ pub fn set_cookie_value(r: &Response, name: &str) -> Option<String> {
     })
 }
 
-/// A two-server backend config with sticky cookies and fast health checks.
-pub fn two_server_yaml(a: &str, b: &str) -> String {
+/// Backend `app`: app-01 at `a`, app-02 at `b`, round robin, sticky
+/// cookie `SERVERID`, fast health checks; `extra_servers` are more
+/// `      - { ... }` server lines.
+pub fn app_backend_yaml(a: &str, b: &str, extra_servers: &str) -> String {
     format!(
-        r#"listeners:
-  - name: web
-    listen: "{{web}}"
-sites:
-  - name: app
-    backend: app
-    maintenance:
-      allow: []
-backends:
+        r#"backends:
   - name: app
     balance: round_robin
     sticky:
@@ -355,8 +349,31 @@ backends:
     servers:
       - {{ name: app-01, addr: "{a}" }}
       - {{ name: app-02, addr: "{b}" }}
-"#
+{extra_servers}"#
     )
+}
+
+/// One http listener and the default site `app` on [`app_backend_yaml`];
+/// `maintenance` is the body of the site's `maintenance:` mapping
+/// (6-space indented lines).
+pub fn app_site_yaml(a: &str, b: &str, maintenance: &str, extra_servers: &str) -> String {
+    format!(
+        r#"listeners:
+  - name: web
+    listen: "{{web}}"
+sites:
+  - name: app
+    backend: app
+    maintenance:
+{maintenance}
+{}"#,
+        app_backend_yaml(a, b, extra_servers)
+    )
+}
+
+/// A two-server backend config with sticky cookies and fast health checks.
+pub fn two_server_yaml(a: &str, b: &str) -> String {
+    app_site_yaml(a, b, "      allow: []", "")
 }
 
 pub fn read(path: &Path) -> String {
