@@ -11,7 +11,6 @@ use drawbridge::httpc::{self, Request, Response};
 use drawbridge::proxy::sticky::server_id;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,19 +33,6 @@ fn start() -> (Upstream, Upstream, Drawbridge) {
     let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
     let d = Drawbridge::start(&config(&a, &b, None));
     (a, b, d)
-}
-
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json(r: &Response) -> Value {
-    r.json()
-        .unwrap_or_else(|e| panic!("status {}: {e}", r.status))
 }
 
 fn name(r: &Response) -> String {

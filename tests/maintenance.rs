@@ -11,7 +11,6 @@ use drawbridge::bypass;
 use drawbridge::httpc::{Conn, Request, Response};
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::process::Output;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A site `app` (the default site) on two demo upstreams; `maintenance`
@@ -24,19 +23,6 @@ fn config(a: &Upstream, b: &Upstream, maintenance: &str, top: &str) -> String {
 
 fn upstreams() -> (Upstream, Upstream) {
     (Upstream::start("app-01"), Upstream::start("app-02"))
-}
-
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json(r: &Response) -> Value {
-    r.json()
-        .unwrap_or_else(|e| panic!("status {}: {e}", r.status))
 }
 
 fn now() -> u64 {

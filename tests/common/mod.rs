@@ -376,6 +376,22 @@ pub fn two_server_yaml(a: &str, b: &str) -> String {
     app_site_yaml(a, b, "      allow: []", "")
 }
 
+/// A command's standard output, as text.
+pub fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A command's standard error, as text.
+pub fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A response's JSON body; panics with the status when it is not JSON.
+pub fn json(r: &Response) -> serde_json::Value {
+    r.json()
+        .unwrap_or_else(|e| panic!("status {}: {e}", r.status))
+}
+
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
