@@ -33,7 +33,8 @@ impl ServeHttp for DemoUpstream {
         let (status, body) = match path {
             "/healthz" => (200, "ok\n".to_string()),
             "/headers" => {
-                let mut out = String::new();
+                // The request target as received, then every header.
+                let mut out = format!("target: {}\n", String::from_utf8_lossy(req.raw_path()));
                 for (k, v) in req.headers.iter() {
                     out.push_str(&format!(
                         "{}: {}\n",

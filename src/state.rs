@@ -344,7 +344,8 @@ pub fn build_snapshot(config: &Config, draft: &Draft) -> Result<Snapshot, ApiErr
             &site.name,
             settings.retry_after,
             settings.message.as_deref(),
-        );
+        )
+        .map_err(|e| ApiError::new(500, format!("cannot build the maintenance answer: {e}")))?;
         sites.push(SiteState {
             settings: settings.clone(),
             paths,

@@ -198,6 +198,26 @@ fn forwarded_headers_are_appended() {
     );
     assert!(t.contains("x-forwarded-proto: http"), "{t}");
     assert!(t.contains("x-forwarded-host: shop.example.org"), "{t}");
+    // Several X-Forwarded-For headers become one list, in order; the
+    // request target reaches the app byte for byte.
+    let r = d.send(
+        Request::new("GET", "/headers?q=a%20b&next=%2Fx")
+            .header("X-Forwarded-For", "198.51.100.7")
+            .header("X-Forwarded-For", "203.0.113.9, 192.0.2.1")
+            .header("X-Custom-Thing", "kept"),
+    );
+    let t = r.text();
+    assert!(t.starts_with("target: /headers?q=a%20b&next=%2Fx\n"), "{t}");
+    let xff: Vec<&str> = t
+        .lines()
+        .filter(|l| l.starts_with("x-forwarded-for:"))
+        .collect();
+    assert_eq!(
+        xff,
+        ["x-forwarded-for: 198.51.100.7, 203.0.113.9, 192.0.2.1, 127.0.0.1"],
+        "{t}"
+    );
+    assert!(t.contains("x-custom-thing: kept"), "{t}");
 }
 
 #[test]

@@ -10,6 +10,7 @@
 //! - `logging`: in-flight bookkeeping, metrics, the access log.
 
 pub mod gate;
+pub mod headers;
 pub mod pages;
 pub mod route;
 pub mod select;
@@ -19,15 +20,15 @@ use crate::state::{now_ms, Runtime, Snapshot};
 use async_trait::async_trait;
 use bytes::Bytes;
 use gate::Bypass;
+use headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use http::header::{HeaderValue, CACHE_CONTROL, COOKIE, HOST, SET_COOKIE};
-use http::HeaderName;
+use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use select::{Candidate, Tier};
 use smallvec::SmallVec;
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -166,31 +167,6 @@ impl Proxy {
         Some(s)
     }
 
-    /// Remove the sticky and bypass cookies from the upstream request's
-    /// `Cookie` headers: the app never sees them.
-    fn strip_our_cookies(&self, up: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
-        let site = &self.rt.config.sites[ctx.site];
-        let sticky_name = self.rt.config.backends[ctx.backend]
-            .sticky
-            .as_ref()
-            .map(|s| s.cookie.as_str());
-        let names: SmallVec<[&str; 2]> = sticky_name
-            .into_iter()
-            .chain([site.bypass_cookie.as_str()])
-            .collect();
-        if !header_bytes(up, COOKIE).any(|v| sticky::strip(v, &names).is_some()) {
-            return Ok(());
-        }
-        let values: Vec<Vec<u8>> = header_bytes(up, COOKIE)
-            .map(|v| sticky::strip(v, &names).unwrap_or_else(|| v.to_vec()))
-            .collect();
-        up.remove_header(&COOKIE);
-        for v in values.into_iter().filter(|v| !v.is_empty()) {
-            up.append_header(COOKIE, v)?;
-        }
-        Ok(())
-    }
-
     /// Account a request to a server: in flight until `logging`.
     fn assign(&self, ctx: &mut Ctx, s: usize) {
         let b = ctx.backend;
@@ -211,7 +187,7 @@ impl Proxy {
         ctx.answer = Answer::ErrorPage;
         self.rt.metrics.sites[ctx.site].error_page.inc();
         let body = self.rt.error_pages[ctx.site].clone();
-        pages::respond(session, status, "text/html; charset=utf-8", body, None).await
+        pages::respond(session, status, pages::HTML, body).await
     }
 }
 
@@ -248,8 +224,6 @@ async fn discard_small_body(session: &mut Session) {
     }
 }
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
 /// A 64-bit key of a client address for source hashing.
 pub fn ip_key(ip: IpAddr) -> u64 {
     match ip {
@@ -270,10 +244,17 @@ fn header_bytes(
 
 #[async_trait]
 impl ProxyHttp for Proxy {
-    type CTX = Ctx;
+    /// Boxed: Pingora moves its request futures, and they hold the context;
+    /// a pointer moves cheaper than the whole context.
+    type CTX = Box<Ctx>;
 
-    fn new_ctx(&self) -> Ctx {
-        Ctx {
+    /// No downstream modules: Pingora's default adds a response
+    /// compression module (disabled, yet run on every request); drawbridge
+    /// does not compress.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
+    fn new_ctx(&self) -> Box<Ctx> {
+        Box::new(Ctx {
             start: Instant::now(),
             snap: None,
             site: 0,
@@ -287,12 +268,11 @@ impl ProxyHttp for Proxy {
             tried: SmallVec::new(),
             peer_calls: 0,
             answer: Answer::Upstream,
-        }
+        })
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<bool> {
         let rt = &self.rt;
-        ctx.start = Instant::now();
         let req = session.req_header();
         let host = req
             .headers
@@ -302,7 +282,7 @@ impl ProxyHttp for Proxy {
         let Some(site_idx) = rt.router.route(host) else {
             ctx.answer = Answer::NoSite;
             let body = Bytes::from_static(b"no site is configured for this host\n");
-            pages::respond(session, 404, "text/plain; charset=utf-8", body, None).await?;
+            pages::respond(session, 404, "text/plain; charset=utf-8", body).await?;
             return Ok(true);
         };
         let site = &rt.config.sites[site_idx];
@@ -323,15 +303,17 @@ impl ProxyHttp for Proxy {
                 header_bytes(req, X_FORWARDED_FOR),
             )
         };
-        ctx.bypass_cookie = sticky::find(header_bytes(req, COOKIE), &site.bypass_cookie)
-            .map(Bytes::copy_from_slice);
         let backend = &rt.config.backends[site.backend];
-        if let Some(st) = &backend.sticky {
-            if let Some(v) = sticky::find(header_bytes(req, COOKIE), &st.cookie) {
-                ctx.cookie_server = backend.servers.iter().position(|s| s.id.as_bytes() == v);
-                if ctx.cookie_server.is_none() {
-                    rt.metrics.backends[site.backend].redispatch_unknown.inc();
-                }
+        let sticky_cookie = backend.sticky.as_ref().map(|st| st.cookie.as_str());
+        let [bypass_cookie, sticky_value] = sticky::find_each(
+            header_bytes(req, COOKIE),
+            [Some(site.bypass_cookie.as_str()), sticky_cookie],
+        );
+        ctx.bypass_cookie = bypass_cookie.map(Bytes::copy_from_slice);
+        if let Some(v) = sticky_value {
+            ctx.cookie_server = backend.servers.iter().position(|s| s.id.as_bytes() == v);
+            if ctx.cookie_server.is_none() {
+                rt.metrics.backends[site.backend].redispatch_unknown.inc();
             }
         }
         let snap = rt.snapshot();
@@ -358,13 +340,13 @@ impl ProxyHttp for Proxy {
                         .headers
                         .get(http::header::ACCEPT)
                         .map(|a| a.as_bytes());
-                    let (ctype, body) = if pages::prefers_json(accept) {
-                        ("application/json", page.json.clone())
+                    let (head, body) = if pages::prefers_json(accept) {
+                        (page.json_head.clone(), page.json.clone())
                     } else {
-                        ("text/html; charset=utf-8", page.html.clone())
+                        (page.html_head.clone(), page.html.clone())
                     };
                     discard_small_body(session).await;
-                    pages::respond(session, 503, ctype, body, Some(&page.retry_after)).await?;
+                    pages::send(session, head, body).await?;
                     return Ok(true);
                 }
             }
@@ -381,7 +363,11 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<Box<HttpPeer>> {
         ctx.peer_calls += 1;
         if ctx.peer_calls > 1 {
             // A retry after a connect failure: another server.
@@ -412,7 +398,7 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(s) = ctx.server {
@@ -423,7 +409,12 @@ impl ProxyHttp for Proxy {
         e
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Box<Ctx>,
+    ) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(c) => *c,
             _ => match e.esource() {
@@ -468,30 +459,49 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         up: &mut RequestHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
-        if up.headers.contains_key(COOKIE) {
-            self.strip_our_cookies(up, ctx)?;
-        }
-        // X-Forwarded-For: append the socket peer to what came before.
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let mut xff: SmallVec<[u8; 64]> = SmallVec::new();
-        if let Some(prev) = up.headers.get(X_FORWARDED_FOR) {
-            xff.extend_from_slice(prev.as_bytes());
-            xff.extend_from_slice(b", ");
-        }
-        if let Some(ip) = peer {
-            let _ = write!(xff, "{ip}");
-        }
-        let xff = HeaderValue::from_bytes(&xff).unwrap_or_else(|_| HeaderValue::from_static(""));
-        up.insert_header("X-Forwarded-For", xff)?;
-        up.insert_header("X-Forwarded-Proto", HeaderValue::from_static("http"))?;
-        if let Some(host) = session.req_header().headers.get(HOST).cloned() {
-            up.insert_header("X-Forwarded-Host", host)?;
-        }
+        let host = session.req_header().headers.get(HOST).cloned();
+        let site = &self.rt.config.sites[ctx.site];
+        let sticky_name = self.rt.config.backends[ctx.backend]
+            .sticky
+            .as_ref()
+            .map(|s| s.cookie.as_str());
+        headers::edit_request(up, 3, |h| {
+            if h.contains_key(COOKIE) {
+                let names: SmallVec<[&str; 2]> = sticky_name
+                    .into_iter()
+                    .chain([site.bypass_cookie.as_str()])
+                    .collect();
+                headers::strip_cookies(h, &names);
+            }
+            // X-Forwarded-For: append the socket peer to what came before.
+            let mut xff: SmallVec<[u8; 64]> = SmallVec::new();
+            let mut prev = h.get_all(X_FORWARDED_FOR).iter().peekable();
+            if prev.peek().is_some() {
+                for (i, v) in prev.enumerate() {
+                    if i > 0 {
+                        xff.extend_from_slice(b", ");
+                    }
+                    xff.extend_from_slice(v.as_bytes());
+                }
+                xff.extend_from_slice(b", ");
+            }
+            if let Some(ip) = peer {
+                headers::write_ip(&mut xff, ip);
+            }
+            if let Ok(v) = HeaderValue::from_bytes(&xff) {
+                h.insert(X_FORWARDED_FOR, v);
+            }
+            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            if let Some(host) = host {
+                h.insert(X_FORWARDED_HOST, host);
+            }
+        });
         Ok(())
     }
 
@@ -499,39 +509,43 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         let Some(s) = ctx.server else { return Ok(()) };
         if self.rt.config.backends[ctx.backend].sticky.is_none() || ctx.cookie_server == Some(s) {
             return Ok(());
         }
-        resp.append_header(SET_COOKIE, self.set_cookies[ctx.backend][s].clone())?;
-        let cc = resp
-            .headers
-            .get(CACHE_CONTROL)
-            .map(|v| v.as_bytes().to_vec());
-        match cc {
-            None => resp.insert_header(CACHE_CONTROL, HeaderValue::from_static("private"))?,
-            Some(v) if !sticky::forbids_shared_cache(&v) => {
-                let kept: Vec<&str> = std::str::from_utf8(&v)
-                    .unwrap_or("")
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|d| !d.is_empty() && !d.eq_ignore_ascii_case("public"))
-                    .collect();
-                let mut value = kept.join(", ");
-                if !value.is_empty() {
-                    value.push_str(", ");
+        let set_cookie = self.set_cookies[ctx.backend][s].clone();
+        headers::edit_response(resp, 2, |h| {
+            h.append(SET_COOKIE, set_cookie);
+            let cc = h.get(CACHE_CONTROL).map(|v| v.as_bytes().to_vec());
+            match cc {
+                None => {
+                    h.insert(CACHE_CONTROL, HeaderValue::from_static("private"));
                 }
-                value.push_str("private");
-                resp.insert_header(CACHE_CONTROL, value)?;
+                Some(v) if !sticky::forbids_shared_cache(&v) => {
+                    let kept: Vec<&str> = std::str::from_utf8(&v)
+                        .unwrap_or("")
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|d| !d.is_empty() && !d.eq_ignore_ascii_case("public"))
+                        .collect();
+                    let mut value = kept.join(", ");
+                    if !value.is_empty() {
+                        value.push_str(", ");
+                    }
+                    value.push_str("private");
+                    if let Ok(v) = HeaderValue::from_str(&value) {
+                        h.insert(CACHE_CONTROL, v);
+                    }
+                }
+                Some(_) => {}
             }
-            Some(_) => {}
-        }
+        });
         Ok(())
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<Ctx>) {
         let rt = &self.rt;
         if let Some(s) = ctx.server {
             rt.metrics.servers[ctx.backend][s].inflight.dec();

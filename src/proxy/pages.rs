@@ -4,6 +4,7 @@
 //! request; headers and body go out in one send and keep-alive is kept.
 
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -11,17 +12,23 @@ use pingora_proxy::Session;
 pub const DEFAULT_MAINTENANCE_PAGE: &str = include_str!("../../static/maintenance.html");
 pub const DEFAULT_ERROR_PAGE: &str = include_str!("../../static/error.html");
 
-/// A maintenance answer rendered for one site's current settings.
+/// A maintenance answer rendered for one site's current settings: bodies
+/// and complete response headers, cloned per answer.
 #[derive(Debug, Clone)]
 pub struct MaintenancePage {
     pub html: Bytes,
     pub json: Bytes,
-    /// The Retry-After value, already formatted.
-    pub retry_after: String,
+    pub html_head: ResponseHeader,
+    pub json_head: ResponseHeader,
 }
 
 impl MaintenancePage {
-    pub fn render(template: &str, site: &str, retry_after: u64, message: Option<&str>) -> Self {
+    pub fn render(
+        template: &str,
+        site: &str,
+        retry_after: u64,
+        message: Option<&str>,
+    ) -> Result<Self> {
         let message_html = html_escape(message.unwrap_or(""));
         let html = template
             .replace("{{site}}", &html_escape(site))
@@ -32,14 +39,20 @@ impl MaintenancePage {
             "site": site,
             "retry_after": retry_after,
             "message": message,
-        });
-        MaintenancePage {
+        })
+        .to_string();
+        let retry_after = Some(retry_after);
+        Ok(MaintenancePage {
+            html_head: head(503, HTML, html.len(), retry_after)?,
+            json_head: head(503, JSON, json.len(), retry_after)?,
             html: Bytes::from(html),
-            json: Bytes::from(json.to_string()),
-            retry_after: retry_after.to_string(),
-        }
+            json: Bytes::from(json),
+        })
     }
 }
+
+pub const HTML: &str = "text/html; charset=utf-8";
+pub const JSON: &str = "application/json";
 
 /// Render the error page for a site.
 pub fn render_error(template: &str, site: &str) -> Bytes {
@@ -101,32 +114,52 @@ pub fn prefers_json(accept: Option<&[u8]>) -> bool {
     json > html
 }
 
-/// Write a complete local response, never cached. A HEAD request gets the
-/// headers (with the body's Content-Length) and no body.
+/// The header of a local answer, never cached. Built without Pingora's
+/// header-case map: the names are http's constants, sent in their
+/// canonical case.
+pub fn head(
+    status: u16,
+    content_type: &'static str,
+    len: usize,
+    retry_after: Option<u64>,
+) -> Result<ResponseHeader> {
+    use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+    // Room for Pingora's Date and Connection as well.
+    let mut resp = ResponseHeader::build_no_case(status, Some(8))?;
+    resp.insert_header(CONTENT_TYPE, HeaderValue::from_static(content_type))?;
+    resp.insert_header(CONTENT_LENGTH, HeaderValue::from(len))?;
+    resp.insert_header(CACHE_CONTROL, HeaderValue::from_static("no-store"))?;
+    if let Some(r) = retry_after {
+        resp.insert_header(RETRY_AFTER, HeaderValue::from(r))?;
+    }
+    Ok(resp)
+}
+
+/// Write a local answer: `head` from [`head`], then `body`. A HEAD request
+/// gets the headers (with the body's Content-Length) and no body.
+pub async fn send(session: &mut Session, head: ResponseHeader, body: Bytes) -> Result<()> {
+    let head_only = session.req_header().method == http::Method::HEAD;
+    // Header then body: Pingora keeps the header in its write buffer until
+    // the body comes, so both leave in one send (write_response_tasks would
+    // flush each part on its own).
+    session
+        .write_response_header(Box::new(head), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// Write a complete local answer built for this one response.
 pub async fn respond(
     session: &mut Session,
     status: u16,
     content_type: &'static str,
     body: Bytes,
-    retry_after: Option<&str>,
 ) -> Result<()> {
-    use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-    let head = session.req_header().method == http::Method::HEAD;
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header(CONTENT_TYPE, content_type)?;
-    resp.insert_header(CONTENT_LENGTH, body.len())?;
-    resp.insert_header(CACHE_CONTROL, "no-store")?;
-    if let Some(r) = retry_after {
-        resp.insert_header(RETRY_AFTER, r)?;
-    }
-    // Header then body: Pingora keeps the header in its write buffer until
-    // the body comes, so both leave in one send (write_response_tasks would
-    // flush each part on its own).
-    session.write_response_header(Box::new(resp), head).await?;
-    if !head {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
+    let resp = head(status, content_type, body.len(), None)?;
+    send(session, resp, body).await
 }
 
 #[cfg(test)]
@@ -153,7 +186,8 @@ mod tests {
             "app",
             5400,
             Some("<b>Back</b> & soon"),
-        );
+        )
+        .unwrap();
         assert_eq!(
             &p.html[..],
             b"app|&lt;b&gt;Back&lt;/b&gt; &amp; soon|1 hour 30 minutes"

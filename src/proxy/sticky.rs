@@ -46,11 +46,32 @@ fn trim(s: &[u8]) -> &[u8] {
 
 /// The first value of cookie `name` across all given `Cookie` header values.
 pub fn find<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &str) -> Option<&'a [u8]> {
-    headers.into_iter().find_map(|h| {
-        pairs(h)
-            .find(|(n, _)| *n == name.as_bytes())
-            .map(|(_, v)| v)
-    })
+    let [v] = find_each(headers, [Some(name)]);
+    v
+}
+
+/// The first value of each cookie in `names` (`None` names are not looked
+/// for), in one pass over the `Cookie` header values.
+pub fn find_each<'a, const N: usize>(
+    headers: impl IntoIterator<Item = &'a [u8]>,
+    names: [Option<&str>; N],
+) -> [Option<&'a [u8]>; N] {
+    let mut found = [None; N];
+    let mut missing = names.iter().filter(|n| n.is_some()).count();
+    for h in headers {
+        for (n, v) in pairs(h) {
+            for (slot, name) in found.iter_mut().zip(&names) {
+                if slot.is_none() && name.is_some_and(|name| name.as_bytes() == n) {
+                    *slot = Some(v);
+                    missing -= 1;
+                }
+            }
+            if missing == 0 {
+                return found;
+            }
+        }
+    }
+    found
 }
 
 /// The `Cookie` header value without the cookies named in `drop`, or `None`
@@ -142,6 +163,28 @@ mod tests {
         assert_eq!(find([&b";;;==;"[..]], "SERVERID"), None);
         assert_eq!(find([&b"XSERVERID=1"[..]], "SERVERID"), None);
         assert_eq!(find([&b"SERVERID="[..]], "SERVERID"), Some(&b""[..]));
+    }
+
+    #[test]
+    fn finds_several_cookies_in_one_pass() {
+        let h1: &[u8] = b"B=1; S=first";
+        let h2: &[u8] = b"S=second; =empty; C=3";
+        let names = [Some("S"), Some("B"), None, Some("C"), Some("Z")];
+        assert_eq!(
+            find_each([h1, h2], names),
+            [
+                Some(&b"first"[..]),
+                Some(&b"1"[..]),
+                None,
+                Some(&b"3"[..]),
+                None
+            ]
+        );
+        // A missing name never matches the empty cookie name.
+        assert_eq!(
+            find_each([&b"=x"[..]], [None, Some("")]),
+            [None, Some(&b"x"[..])]
+        );
     }
 
     #[test]

@@ -1,0 +1,212 @@
+//! Header edits on the proxied request and response.
+//!
+//! Pingora's `RequestHeader` and `ResponseHeader` keep a second map with
+//! the original case of every header name, and each insert through them
+//! parses the name again and grows both maps. drawbridge edits the plain
+//! `http::HeaderMap` instead: it takes the parts out, reserves room once,
+//! inserts with constant names and puts the parts back without the case
+//! map. Names then go out in canonical case (`Content-Type` for standard
+//! headers, lower case for the others), as HTTP/1.1 allows (field names are
+//! case-insensitive, RFC 9110 §5.1) and as HAProxy sends them. The request
+//! target, reason phrase and extensions are kept exactly.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, COOKIE};
+use pingora_http::{RequestHeader, ResponseHeader};
+use smallvec::SmallVec;
+use std::net::IpAddr;
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+fn empty_request_parts() -> http::request::Parts {
+    http::Request::new(()).into_parts().0
+}
+
+fn empty_response_parts() -> http::response::Parts {
+    http::Response::new(()).into_parts().0
+}
+
+/// Edit the headers of `req` as a plain map, with room for `extra` more.
+pub fn edit_request<R>(
+    req: &mut RequestHeader,
+    extra: usize,
+    edit: impl FnOnce(&mut HeaderMap) -> R,
+) -> R {
+    // The request target is normally rebuilt from the URI; keep the raw
+    // bytes when they differ (absolute form, bytes that are not UTF-8).
+    let from_uri = req
+        .uri
+        .path_and_query()
+        .map_or(&b""[..], |p| p.as_str().as_bytes());
+    let raw =
+        (!req.raw_path_is_utf8() || req.raw_path() != from_uri).then(|| req.raw_path().to_vec());
+    let taken = std::mem::replace(req, RequestHeader::from(empty_request_parts()));
+    let mut parts = http::request::Parts::from(taken);
+    parts.headers.reserve(extra);
+    let out = edit(&mut parts.headers);
+    *req = RequestHeader::from(parts);
+    if let Some(raw) = raw {
+        // It was accepted as this request's target already.
+        if let Err(e) = req.set_raw_path(&raw) {
+            log::debug!("cannot restore the request target: {e}");
+        }
+    }
+    out
+}
+
+/// Edit the headers of `resp` as a plain map, with room for `extra` more.
+pub fn edit_response<R>(
+    resp: &mut ResponseHeader,
+    extra: usize,
+    edit: impl FnOnce(&mut HeaderMap) -> R,
+) -> R {
+    let reason = resp.get_reason_phrase().map(str::to_owned);
+    let taken = std::mem::replace(resp, ResponseHeader::from(empty_response_parts()));
+    let mut parts = http::response::Parts::from(taken);
+    parts.headers.reserve(extra);
+    let out = edit(&mut parts.headers);
+    *resp = ResponseHeader::from(parts);
+    if let Some(reason) = reason {
+        // It came from the upstream's status line, so it is valid.
+        if let Err(e) = resp.set_reason_phrase(Some(&reason)) {
+            log::debug!("cannot keep the reason phrase: {e}");
+        }
+    }
+    out
+}
+
+/// Append the decimal form of `ip` to `out` (IPv4 without `fmt`: this runs
+/// for every proxied request).
+pub fn write_ip(out: &mut SmallVec<[u8; 64]>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// Remove the cookies named in `names` from the `Cookie` headers; a header
+/// left empty is removed. Headers without those cookies are kept as they
+/// are.
+pub fn strip_cookies(h: &mut HeaderMap, names: &[&str]) {
+    let mut edited: SmallVec<[Option<Vec<u8>>; 2]> = SmallVec::new();
+    for v in h.get_all(COOKIE) {
+        edited.push(super::sticky::strip(v.as_bytes(), names));
+    }
+    if edited.iter().all(Option::is_none) {
+        return;
+    }
+    let http::header::Entry::Occupied(entry) = h.entry(COOKIE) else {
+        return;
+    };
+    let old: SmallVec<[HeaderValue; 2]> = entry.remove_entry_mult().1.collect();
+    for (old, new) in old.into_iter().zip(edited) {
+        match new {
+            None => {
+                h.append(COOKIE, old);
+            }
+            Some(v) if v.is_empty() => {}
+            Some(v) => {
+                // Pieces of a valid header value, joined by "; ".
+                if let Ok(v) = HeaderValue::from_bytes(&v) {
+                    h.append(COOKIE, v);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn ip_text() {
+        for ip in [
+            Ipv4Addr::new(0, 0, 0, 0),
+            Ipv4Addr::new(127, 0, 0, 1),
+            Ipv4Addr::new(10, 99, 100, 255),
+            Ipv4Addr::new(192, 168, 9, 10),
+        ] {
+            let mut out = SmallVec::new();
+            write_ip(&mut out, IpAddr::V4(ip));
+            assert_eq!(std::str::from_utf8(&out).unwrap(), ip.to_string());
+        }
+        let mut out = SmallVec::new();
+        write_ip(&mut out, IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert_eq!(&out[..], b"::1");
+    }
+
+    #[test]
+    fn request_edit_keeps_target_and_drops_case_map() {
+        let mut req = RequestHeader::build("GET", b"/a%20b?x=1", None).unwrap();
+        req.insert_header("Host", "example.com").unwrap();
+        req.insert_header("X-Custom", "1").unwrap();
+        let n = edit_request(&mut req, 1, |h| {
+            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            h.len()
+        });
+        assert_eq!(n, 3);
+        assert_eq!(req.raw_path(), b"/a%20b?x=1");
+        assert_eq!(req.method, http::Method::GET);
+        let mut wire = Vec::new();
+        req.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).unwrap();
+        assert!(wire.contains("Host: example.com\r\n"), "{wire}");
+        assert!(wire.contains("x-custom: 1\r\n"), "{wire}");
+        assert!(wire.contains("x-forwarded-proto: http\r\n"), "{wire}");
+    }
+
+    #[test]
+    fn request_edit_keeps_a_raw_target() {
+        let mut req = RequestHeader::build("GET", b"/caf\xe9", None).unwrap();
+        assert!(!req.raw_path_is_utf8());
+        edit_request(&mut req, 0, |_| ());
+        assert_eq!(req.raw_path(), b"/caf\xe9");
+    }
+
+    #[test]
+    fn response_edit_keeps_reason() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.set_reason_phrase(Some("Fine")).unwrap();
+        resp.insert_header("Content-Length", "0").unwrap();
+        edit_response(&mut resp, 1, |h| {
+            h.insert(COOKIE, HeaderValue::from_static("a=1"));
+        });
+        assert_eq!(resp.get_reason_phrase(), Some("Fine"));
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.headers.len(), 2);
+    }
+
+    #[test]
+    fn cookie_stripping() {
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("a=1; SERVERID=x"));
+        h.append(COOKIE, HeaderValue::from_static("SERVERID=y"));
+        h.append(COOKIE, HeaderValue::from_static("b=2"));
+        strip_cookies(&mut h, &["SERVERID", "BYPASS"]);
+        let got: Vec<_> = h.get_all(COOKIE).iter().map(|v| v.as_bytes()).collect();
+        assert_eq!(got, vec![&b"a=1"[..], &b"b=2"[..]]);
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("a=1"));
+        strip_cookies(&mut h, &["SERVERID"]);
+        assert_eq!(h.get(COOKIE).unwrap(), "a=1");
+    }
+}
