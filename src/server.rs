@@ -104,6 +104,10 @@ pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
         // One worker has nothing to steal from: Pingora's no-steal runtime
         // spares the multi-threaded scheduler's cross-thread wake-ups.
         work_stealing: settings.threads > 1,
+        // Timeouts of a second or more (upstream read timeouts, keep-alive)
+        // use tokio's timer: it costs nothing until the wrapped I/O has to
+        // wait, where Pingora's own timer registers on every read.
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         grace_period_seconds: Some(settings.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(settings.graceful_shutdown_timeout_seconds),
         upgrade_sock: settings.upgrade_sock,

@@ -288,3 +288,19 @@ fn a_server_refusing_connections_without_health_checks_gives_the_error_page() {
         "{m}"
     );
 }
+
+#[test]
+fn a_slow_upstream_gets_the_error_page_after_read_timeout() {
+    let slow = Upstream::start("slow");
+    let yaml = format!(
+        "listeners:\n  - {{ name: web, listen: \"{{web}}\" }}\nsites:\n  - {{ name: app, backend: app }}\nbackends:\n  - {{ name: app, read_timeout: 1s, servers: [{{ name: s, addr: \"{}\" }}] }}\n",
+        slow.addr
+    );
+    let d = Drawbridge::start(&yaml);
+    // The upstream answers after 6 s: the 1 s read timeout answers first.
+    let r = d.get("/slow?ms=6000");
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains("went wrong"), "{}", r.text());
+    // A quick request on the same server still works.
+    assert_eq!(d.get("/slow?ms=10").status, 200);
+}

@@ -418,7 +418,13 @@ impl ProxyHttp for Proxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(c) => *c,
             _ => match e.esource() {
-                pingora_error::ErrorSource::Upstream => 502,
+                // The server took the request but did not answer in time
+                // (read_timeout): a gateway timeout, as HAProxy's
+                // `timeout server` gives.
+                pingora_error::ErrorSource::Upstream => match e.etype() {
+                    ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+                    _ => 502,
+                },
                 pingora_error::ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
                     _ => 400,

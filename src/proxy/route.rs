@@ -33,6 +33,10 @@ impl Router {
 
     /// The site for a Host header value (port ignored, case-insensitive).
     pub fn route(&self, host: Option<&[u8]>) -> Option<usize> {
+        if self.exact.is_empty() && self.wildcards.is_empty() {
+            // Only a default site: nothing to read from Host.
+            return self.default;
+        }
         let mut buf = [0u8; 256];
         let name = host.and_then(|h| normalise(h, &mut buf));
         let Some(name) = name else {
