@@ -7,8 +7,9 @@
 //! every request itself with a fixed 503 page (Retry-After, Content-Length,
 //! keep-alive kept), the cheapest possible "maintenance" answer.
 //!
-//! Same settings as drawbridge's hot path (DESIGN.md): mimalloc, one worker
-//! thread, L4 read buffer 0 on the listener.
+//! Same settings as drawbridge's hot path (DESIGN.md): mimalloc (v2 line),
+//! one worker thread on the no-steal runtime, L4 read buffer 0 and write
+//! buffer 4 KiB on the listener, timeouts on tokio's timer.
 //!
 //! ```text
 //! cargo build --release --example bare_pingora
@@ -130,6 +131,9 @@ fn main() {
     let conf = ServerConf {
         threads: args.threads,
         work_stealing: args.work_stealing || args.threads > 1,
+        // drawbridge's timer setting: timeouts of a second or more on tokio's
+        // timer (this proxy sets none of its own).
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(1),
         pid_file: args.pid_file.clone(),
