@@ -2,17 +2,24 @@
 //! that access-log lines (target `access`, one per request) are batched in
 //! memory and written every 100 ms or every 64 KiB, so a request costs no
 //! write system call of its own. Other records are written at once.
+//!
+//! The HTTP proxy writes its access-log lines through [`access`], which
+//! formats them by hand: `fmt` machinery would cost more than the rest of
+//! drawbridge's work on a request.
 
 use log::{Log, Metadata, Record};
 use std::cell::RefCell;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 thread_local! {
     /// The current second and its RFC 3339 text, per thread.
     static TIMESTAMP: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
 }
+
+/// Pending access-log lines, set by [`init`].
+static ACCESS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
 
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 const FLUSH_BYTES: usize = 64 * 1024;
@@ -44,35 +51,76 @@ impl Log for Logger {
         if !self.inner.matches(record) {
             return;
         }
-        let mut buf = self.access.lock().unwrap_or_else(|p| p.into_inner());
-        TIMESTAMP.with(|ts| {
-            let mut ts = ts.borrow_mut();
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            // Formatting a date is costly next to the rest: once a second.
-            if ts.0 != now || ts.1.is_empty() {
-                ts.0 = now;
-                ts.1 = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(now))
-                    .to_string();
-            }
-            let _ = writeln!(
-                buf,
-                "[{} {:<5} access] {}",
-                ts.1,
-                record.level(),
-                record.args()
-            );
-        });
-        if buf.len() >= FLUSH_BYTES {
-            write_out(&mut buf);
-        }
+        let mut buf = lock(&self.access);
+        start_line(&mut buf);
+        let _ = write!(buf, "{}", record.args());
+        end_line(&mut buf);
     }
 
     fn flush(&self) {
-        write_out(&mut self.access.lock().unwrap_or_else(|p| p.into_inner()));
+        write_out(&mut lock(&self.access));
     }
+}
+
+fn lock(buf: &Mutex<Vec<u8>>) -> MutexGuard<'_, Vec<u8>> {
+    buf.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `[<RFC 3339 time> INFO  access] `, the prefix env_logger gives records.
+fn start_line(buf: &mut Vec<u8>) {
+    TIMESTAMP.with(|ts| {
+        let mut ts = ts.borrow_mut();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        // Formatting a date is costly next to the rest: once a second.
+        if ts.0 != now || ts.1.is_empty() {
+            ts.0 = now;
+            ts.1 = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(now))
+                .to_string();
+        }
+        buf.push(b'[');
+        buf.extend_from_slice(ts.1.as_bytes());
+        buf.extend_from_slice(b" INFO  access] ");
+    });
+}
+
+fn end_line(buf: &mut Vec<u8>) {
+    buf.push(b'\n');
+    if buf.len() >= FLUSH_BYTES {
+        write_out(buf);
+    }
+}
+
+/// Whether access-log lines are wanted (`RUST_LOG` enables target `access`
+/// at `info`). The filter is fixed at start, so callers may keep the answer.
+pub fn access_enabled() -> bool {
+    ACCESS.get().is_some() && log::log_enabled!(target: "access", log::Level::Info)
+}
+
+/// Queue one access-log line: `line` appends its text (no newline).
+pub fn access(line: impl FnOnce(&mut Vec<u8>)) {
+    let Some(pending) = ACCESS.get() else { return };
+    let mut buf = lock(pending);
+    start_line(&mut buf);
+    line(&mut buf);
+    end_line(&mut buf);
+}
+
+/// Append the decimal digits of `n`.
+pub fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
 }
 
 /// Install the logger; call once at start.
@@ -86,10 +134,30 @@ pub fn init() {
         .name("access-log".into())
         .spawn(move || loop {
             std::thread::sleep(FLUSH_EVERY);
-            write_out(&mut flusher.lock().unwrap_or_else(|p| p.into_inner()));
+            write_out(&mut lock(&flusher));
         })
         .ok();
-    if log::set_boxed_logger(Box::new(Logger { inner, access })).is_ok() {
+    if log::set_boxed_logger(Box::new(Logger {
+        inner,
+        access: access.clone(),
+    }))
+    .is_ok()
+    {
         log::set_max_level(max);
+        let _ = ACCESS.set(access);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals() {
+        for n in [0u64, 7, 10, 99, 100, 65535, u64::MAX] {
+            let mut buf = Vec::new();
+            push_decimal(&mut buf, n);
+            assert_eq!(buf, n.to_string().into_bytes());
+        }
     }
 }

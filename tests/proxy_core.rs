@@ -1,6 +1,6 @@
 //! The proxy core against real upstreams: balancing, stickiness, cookie
 //! hygiene, failover with connect retries, the error page, host routing,
-//! X-Forwarded-For, and bad input.
+//! X-Forwarded-For, the access log, and bad input.
 
 mod common;
 
@@ -303,4 +303,68 @@ fn a_slow_upstream_gets_the_error_page_after_read_timeout() {
     assert!(r.text().contains("went wrong"), "{}", r.text());
     // A quick request on the same server still works.
     assert_eq!(d.get("/slow?ms=10").status, 200);
+}
+
+/// The access-log line that contains `needle`, once it was flushed.
+fn access_line(d: &Drawbridge, needle: &str) -> String {
+    let mut found = String::new();
+    wait_until(TIMEOUT, || {
+        found = d
+            .log_text()
+            .lines()
+            .find(|l| l.contains(" access] ") && l.contains(needle))
+            .unwrap_or_default()
+            .to_string();
+        !found.is_empty()
+    });
+    found
+}
+
+#[test]
+fn every_request_gets_one_access_log_line() {
+    let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
+    let d = Drawbridge::start(&two_server_yaml(&a.addr, &b.addr));
+    let r = d.get("/shop/cart?id=7");
+    let server = body_name(&r);
+    let line = access_line(&d, "/shop/cart");
+    // `[time INFO  access] client site METHOD path status backend/server 1.234ms`
+    let fields: Vec<&str> = line
+        .split("access] ")
+        .nth(1)
+        .unwrap_or_default()
+        .split(' ')
+        .collect();
+    assert_eq!(fields.len(), 7, "{line}");
+    assert_eq!(
+        &fields[..6],
+        [
+            "127.0.0.1",
+            "app",
+            "GET",
+            "/shop/cart",
+            "200",
+            &format!("app/{server}")
+        ],
+        "{line}"
+    );
+    let ms = fields[6].strip_suffix("ms").unwrap_or_default();
+    let (whole, frac) = ms.split_once('.').unwrap_or_default();
+    assert!(
+        whole.parse::<u64>().is_ok() && frac.len() == 3 && frac.parse::<u64>().is_ok(),
+        "{line}"
+    );
+
+    // A request no server could take: the error page, with the reason.
+    let dead = free_addr();
+    let yaml = format!(
+        "listeners:\n  - {{ name: web, listen: \"{{web}}\" }}\nsites:\n  - {{ name: app, backend: app }}\nbackends:\n  - {{ name: app, retries: 0, servers: [{{ name: s, addr: \"{dead}\" }}] }}\n"
+    );
+    let d = Drawbridge::start(&yaml);
+    assert_eq!(d.get("/gone").status, 503);
+    let line = access_line(&d, "/gone");
+    assert!(
+        line.contains("] 127.0.0.1 app GET /gone 503 error ")
+            && line.ends_with("ms error=ConnectRefused"),
+        "{line}"
+    );
 }

@@ -76,28 +76,32 @@ pub fn edit_response<R>(
     out
 }
 
-/// Append the decimal form of `ip` to `out` (IPv4 without `fmt`: this runs
+/// Append the text form of `ip` to `out` (IPv4 without `fmt`: this runs
 /// for every proxied request).
-pub fn write_ip(out: &mut SmallVec<[u8; 64]>, ip: IpAddr) {
+pub fn write_ip<B: Extend<u8>>(out: &mut B, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
+            let mut text = [0u8; 15];
+            let mut n = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    text[n] = b'.';
+                    n += 1;
                 }
                 if octet >= 100 {
-                    out.push(b'0' + octet / 100);
+                    text[n] = b'0' + octet / 100;
+                    n += 1;
                 }
                 if octet >= 10 {
-                    out.push(b'0' + octet / 10 % 10);
+                    text[n] = b'0' + octet / 10 % 10;
+                    n += 1;
                 }
-                out.push(b'0' + octet % 10);
+                text[n] = b'0' + octet % 10;
+                n += 1;
             }
+            out.extend(text[..n].iter().copied());
         }
-        IpAddr::V6(v6) => {
-            use std::io::Write;
-            let _ = write!(out, "{v6}");
-        }
+        IpAddr::V6(v6) => out.extend(v6.to_string().into_bytes()),
     }
 }
 
@@ -145,11 +149,11 @@ mod tests {
             Ipv4Addr::new(10, 99, 100, 255),
             Ipv4Addr::new(192, 168, 9, 10),
         ] {
-            let mut out = SmallVec::new();
+            let mut out: SmallVec<[u8; 64]> = SmallVec::new();
             write_ip(&mut out, IpAddr::V4(ip));
             assert_eq!(std::str::from_utf8(&out).unwrap(), ip.to_string());
         }
-        let mut out = SmallVec::new();
+        let mut out = Vec::new();
         write_ip(&mut out, IpAddr::V6(Ipv6Addr::LOCALHOST));
         assert_eq!(&out[..], b"::1");
     }

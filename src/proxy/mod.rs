@@ -36,6 +36,8 @@ use std::time::Instant;
 
 pub struct Proxy {
     rt: Arc<Runtime>,
+    /// Whether access-log lines are written (fixed at start).
+    access_log: bool,
     /// Precomputed `Set-Cookie` values, per backend and server.
     set_cookies: Vec<Vec<HeaderValue>>,
 }
@@ -62,7 +64,11 @@ impl Proxy {
                     .collect()
             })
             .collect();
-        Proxy { rt, set_cookies }
+        Proxy {
+            rt,
+            set_cookies,
+            access_log: crate::logging::access_enabled(),
+        }
     }
 }
 
@@ -579,7 +585,7 @@ impl ProxyHttp for Proxy {
             }
             Some(m)
         };
-        if log::log_enabled!(target: "access", log::Level::Info) {
+        if self.access_log {
             let req = session.req_header();
             let site = target
                 .map(|_| rt.config.sites[ctx.site].name.as_str())
@@ -593,22 +599,37 @@ impl ProxyHttp for Proxy {
                 }
                 _ => ("", "error"),
             };
-            let slash = if b.is_empty() { "" } else { "/" };
-            let micros = elapsed.as_micros();
-            let err = e.map(|e| e.etype().as_str());
-            log::info!(
-                target: "access",
-                "{} {} {} {} {} {b}{slash}{s} {}.{:03}ms{}{}",
-                ctx.client,
-                site,
-                req.method,
-                req.uri.path(),
-                status,
-                micros / 1000,
-                micros % 1000,
-                if err.is_some() { " error=" } else { "" },
-                err.unwrap_or("")
-            );
+            let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+            // `client site METHOD /path status backend/server 1.234ms [error=...]`
+            crate::logging::access(|line| {
+                headers::write_ip(line, ctx.client);
+                for field in [site, req.method.as_str(), req.uri.path()] {
+                    line.push(b' ');
+                    line.extend_from_slice(field.as_bytes());
+                }
+                line.push(b' ');
+                crate::logging::push_decimal(line, u64::from(status));
+                line.push(b' ');
+                if !b.is_empty() {
+                    line.extend_from_slice(b.as_bytes());
+                    line.push(b'/');
+                }
+                line.extend_from_slice(s.as_bytes());
+                line.push(b' ');
+                crate::logging::push_decimal(line, micros / 1000);
+                let frac = micros % 1000;
+                line.extend_from_slice(&[
+                    b'.',
+                    b'0' + (frac / 100) as u8,
+                    b'0' + (frac / 10 % 10) as u8,
+                    b'0' + (frac % 10) as u8,
+                ]);
+                line.extend_from_slice(b"ms");
+                if let Some(e) = e {
+                    line.extend_from_slice(b" error=");
+                    line.extend_from_slice(e.etype().as_str().as_bytes());
+                }
+            });
         }
     }
 }
