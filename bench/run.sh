@@ -12,6 +12,9 @@
 #   --rounds N         ROUNDS      alternating rounds per workload (3)
 #   --duration D       DURATION    wrk duration per measurement, Ns or Nm (5s)
 #   --quick                        ROUNDS=1 DURATION=2s IDLE_CONNS=1000
+#   --instructions     INSTRUCTIONS=1  instead of timing, count user-space instructions
+#                                    per request under valgrind (callgrind); results
+#                                    in bench/results/instructions.json (~4 minutes)
 #                      CONNECTIONS wrk connections (64)
 #                      IDLE_CONNS  idle keep-alive connections held (5000)
 #                      NO_INSTALL=1  never apt-get install; fail if a tool is missing
@@ -22,8 +25,8 @@
 #                      QUIET_PCT     "idle" means at most this % CPU busy (15)
 #                      BARE_FLAGS    extra flags for bare_pingora, e.g. --work-stealing
 #
-# Output: one table on stdout; bench/results/latest.json and a timestamped
-# copy; raw wrk outputs and process logs in a /tmp/drawbridge-bench.* folder.
+# Output: one table on stdout; bench/results/latest.json (instructions.json
+# with --instructions) and a timestamped copy; raw wrk outputs and process logs in a /tmp/drawbridge-bench.* folder.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -42,8 +45,9 @@ BARE_FLAGS=${BARE_FLAGS:-}
 BUILD_TIMEOUT=${BUILD_TIMEOUT:-1800}
 NO_INSTALL=${NO_INSTALL:-0}
 NO_BUILD=${NO_BUILD:-0}
+INSTRUCTIONS=${INSTRUCTIONS:-0}
 
-usage() { sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -54,6 +58,7 @@ while [[ $# -gt 0 ]]; do
         --rounds) ROUNDS=$2; shift 2 ;;
         --duration) DURATION=$2; shift 2 ;;
         --quick) ROUNDS=1; DURATION=2s; IDLE_CONNS=1000; shift ;;
+        --instructions) INSTRUCTIONS=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench/run.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -79,6 +84,17 @@ ALL_PROXIES=(haproxy drawbridge bare)
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+# Instruction counts: every proxy runs under callgrind; one measurement per
+# workload and proxy (instruction counts do not drift like time does); idle
+# memory means nothing under valgrind.
+UNDER=()
+START_WAIT=10
+if [[ $INSTRUCTIONS = 1 ]]; then
+    ROUNDS=1
+    WORKLOADS=$(tr ',' '\n' <<<"$WORKLOADS" | grep -vx idle | paste -sd, -)
+    START_WAIT=60
+fi
 
 # ---- validate settings ------------------------------------------------------------
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, got '$ROUNDS'"
@@ -116,6 +132,10 @@ wants() { [[ -n ${WANT[$1]:-} ]]; }
 drop() { unset "WANT[$1]"; note "$1: left out: $2"; }
 
 RUN_DIR=$(mktemp -d /tmp/drawbridge-bench.XXXXXX)
+if [[ $INSTRUCTIONS = 1 ]]; then
+    UNDER=(valgrind --tool=callgrind --callgrind-out-file="$RUN_DIR/callgrind.%p")
+fi
+: >"$RUN_DIR/instructions.tsv"
 : >"$RUN_DIR/runs.tsv"
 : >"$RUN_DIR/idle.tsv"
 : >"$RUN_DIR/notes.txt"
@@ -255,10 +275,17 @@ ensure_tools() {
     local missing=() c
     declare -A pkg=([haproxy]=haproxy [nginx]=nginx [wrk]=wrk [python3]=python3
                     [socat]=socat [curl]=curl)
-    for c in haproxy nginx wrk python3 socat curl; do
+    local tools=(haproxy nginx wrk python3 socat curl)
+    if [[ $INSTRUCTIONS = 1 ]]; then
+        pkg[valgrind]=valgrind
+        pkg[callgrind_control]=valgrind
+        tools+=(valgrind callgrind_control)
+    fi
+    for c in "${tools[@]}"; do
         command -v "$c" >/dev/null 2>&1 || PATH=$PATH:/usr/sbin command -v "$c" >/dev/null 2>&1 \
             || missing+=("${pkg[$c]}")
     done
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
     export PATH=$PATH:/usr/sbin:/sbin
     [[ ${#missing[@]} -eq 0 ]] && return 0
     [[ $NO_INSTALL = 1 ]] && die "missing tools: ${missing[*]} (NO_INSTALL=1)"
@@ -330,8 +357,8 @@ start_haproxy() {
         "$BENCH_DIR/../static/maintenance.html" >"$HAPROXY_PAGE"
     haproxy -c -q -f "$BENCH_DIR/haproxy.cfg" >"$RUN_DIR/haproxy-check.log" 2>&1 \
         || { cat "$RUN_DIR/haproxy-check.log" >&2; die "bench/haproxy.cfg does not validate"; }
-    start_bg haproxy TERM "$RUN_DIR/haproxy.log" haproxy -db -f "$BENCH_DIR/haproxy.cfg"
-    if ! wait_code 10 200 "http://$HOST:$PORT_HAPROXY/"; then
+    start_bg haproxy TERM "$RUN_DIR/haproxy.log" "${UNDER[@]}" haproxy -db -f "$BENCH_DIR/haproxy.cfg"
+    if ! wait_code "$START_WAIT" 200 "http://$HOST:$PORT_HAPROXY/"; then
         cat "$RUN_DIR/haproxy.log" >&2
         die "HAProxy did not come up on :$PORT_HAPROXY"
     fi
@@ -342,24 +369,25 @@ start_bare() {
     check_ports_free $PORT_BARE $PORT_BARE_MAINT
     local extra=()
     read -r -a extra <<<"$BARE_FLAGS"
-    start_bg bare INT "$RUN_DIR/bare.log" "$BARE_BIN" "${extra[@]}" --listen "$HOST:$PORT_BARE" \
+    start_bg bare INT "$RUN_DIR/bare.log" "${UNDER[@]}" "$BARE_BIN" "${extra[@]}" \
+        --listen "$HOST:$PORT_BARE" \
         --upstream "$HOST:$PORT_APP1" --upstream "$HOST:$PORT_APP2" \
         --pid-file /tmp/bench-bare-pingora.pid --upgrade-sock /tmp/bench-bare-pingora-upgrade.sock
     if [[ -n ${WL[maint]:-} ]]; then
-        start_bg bare_maint INT "$RUN_DIR/bare-maint.log" "$BARE_BIN" "${extra[@]}" \
+        start_bg bare_maint INT "$RUN_DIR/bare-maint.log" "${UNDER[@]}" "$BARE_BIN" "${extra[@]}" \
             --listen "$HOST:$PORT_BARE_MAINT" \
             --maintenance --upstream "$HOST:$PORT_APP1" \
             --pid-file /tmp/bench-bare-pingora-maint.pid \
             --upgrade-sock /tmp/bench-bare-pingora-maint-upgrade.sock
     fi
-    if ! wait_code 10 200 "http://$HOST:$PORT_BARE/"; then
+    if ! wait_code "$START_WAIT" 200 "http://$HOST:$PORT_BARE/"; then
         cat "$RUN_DIR/bare.log" >&2
         stop_role bare
         stop_role bare_maint
         drop bare "bare_pingora did not come up on :$PORT_BARE"
         return 0
     fi
-    if [[ -n ${WL[maint]:-} ]] && ! wait_code 10 503 "http://$HOST:$PORT_BARE_MAINT/"; then
+    if [[ -n ${WL[maint]:-} ]] && ! wait_code "$START_WAIT" 503 "http://$HOST:$PORT_BARE_MAINT/"; then
         cat "$RUN_DIR/bare-maint.log" >&2
         note "bare_pingora --maintenance did not answer 503 on :$PORT_BARE_MAINT; no bare maint figures"
         stop_role bare_maint
@@ -382,8 +410,8 @@ start_drawbridge() {
     rm -f "$DRAWBRIDGE_STATE"
     # Access logs off (RUST_LOG=warn), as HAProxy logs nothing in bench/haproxy.cfg.
     start_bg drawbridge INT "$RUN_DIR/drawbridge.log" \
-        env RUST_LOG="${DRAWBRIDGE_RUST_LOG:-warn}" "$DRAWBRIDGE_BIN" run -c "$DRAWBRIDGE_CONF"
-    local end=$((SECONDS + 20)) ok=0
+        env RUST_LOG="${DRAWBRIDGE_RUST_LOG:-warn}" "${UNDER[@]}" "$DRAWBRIDGE_BIN" run -c "$DRAWBRIDGE_CONF"
+    local end=$((SECONDS + 2 * START_WAIT)) ok=0
     while (( SECONDS < end )); do
         [[ $(http_code "http://$HOST:$PORT_DRAWBRIDGE/") == 200 ]] && { ok=1; break; }
         running "${PID[drawbridge]}" || break
@@ -393,7 +421,7 @@ start_drawbridge() {
         tail -n 20 "$RUN_DIR/drawbridge.log" >&2
         if running "${PID[drawbridge]}"; then
             stop_role drawbridge
-            drop drawbridge "did not answer 200 on :$PORT_DRAWBRIDGE within 20s (log: $RUN_DIR/drawbridge.log)"
+            drop drawbridge "did not answer 200 on :$PORT_DRAWBRIDGE within $((2 * START_WAIT))s (log: $RUN_DIR/drawbridge.log)"
         else
             stop_role drawbridge
             drop drawbridge "'drawbridge run -c bench/drawbridge.yaml' exited at start (log: $RUN_DIR/drawbridge.log)"
@@ -436,6 +464,10 @@ measure() {  # workload proxy round
     fi
     local hdr=()
     [[ -n ${HDR[$p]:-} ]] && hdr=(-H "${HDR[$p]}")
+    if [[ $INSTRUCTIONS = 1 ]]; then
+        measure_instructions "$wl" "$p" "$pid" "$url" "${hdr[@]}"
+        return 0
+    fi
     # How busy is the machine with other work right now (the proxies are idle)?
     local busy waited=0
     busy=$(cpu_busy_pct 0.5)
@@ -481,6 +513,36 @@ measure() {  # workload proxy round
         >>"$RUN_DIR/runs.tsv"
     log "$wl r$r $(printf '%-10s' "$p") $(wrk_brief "$RUN_DIR/$out"), ${cpu} CPU-s" \
         "(other work: ${busy}% before, ${other:-?}% during)"
+}
+
+dumps_of() {  # pid: its callgrind dump files, oldest first
+    find "$RUN_DIR" -maxdepth 1 -name "callgrind.$1.*" -printf '%T@ %p\n' | sort -n | cut -d' ' -f2
+}
+
+measure_instructions() {  # workload proxy pid url [-H header]: user-space instructions per request
+    local wl=$1 p=$2 pid=$3 url=$4 out="wrk-$wl-$p.txt" dump before requests ir
+    shift 4
+    # Warm (connection pools, caches), then count a fixed-length run from zero.
+    timeout 60 wrk -t1 -c"$CONNECTIONS" -d2s "$@" "$url" >/dev/null 2>&1 || true
+    timeout 20 callgrind_control -z "$pid" >/dev/null 2>&1 \
+        || { note "$p: callgrind_control -z failed for $wl"; return 0; }
+    timeout $((DUR_S + 60)) wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "$@" "$url" >"$RUN_DIR/$out" 2>&1 || true
+    before=$(dumps_of "$pid" | wc -l)
+    timeout 60 callgrind_control -d "$pid" >/dev/null 2>&1 \
+        || { note "$p: callgrind_control -d failed for $wl"; return 0; }
+    for _ in $(seq 1 100); do
+        (( $(dumps_of "$pid" | wc -l) > before )) && break
+        sleep 0.1
+    done
+    dump=$(dumps_of "$pid" | tail -n1)
+    ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump" 2>/dev/null || true)
+    requests=$(awk '/ requests in / {print $1; exit}' "$RUN_DIR/$out")
+    if [[ -z $ir || -z $requests || $requests == 0 ]]; then
+        note "$p: no instruction count for $wl (dump ${dump:-none}, wrk: $(wrk_brief "$RUN_DIR/$out"))"
+        return 0
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\n' "$wl" "$p" "$ir" "$requests" "$out" >>"$RUN_DIR/instructions.tsv"
+    log "$wl $(printf '%-10s' "$p") $requests requests, $((ir / requests)) instructions per request"
 }
 
 run_rounds() {  # workload: ROUNDS alternating rounds over the proxies, rotating the order
@@ -687,6 +749,12 @@ sleep 2  # at least one health-check pass for both proxies
 
 mkdir -p "$BENCH_DIR/results"
 STAMP=$(date -u +%Y%m%d-%H%M%S)
-python3 "$BENCH_DIR/report.py" "$RUN_DIR" "$BENCH_DIR/results/latest.json" \
-    "$BENCH_DIR/results/$STAMP.json"
-log "results: bench/results/latest.json and bench/results/$STAMP.json; raw: $RUN_DIR"
+if [[ $INSTRUCTIONS = 1 ]]; then
+    python3 "$BENCH_DIR/instructions.py" "$RUN_DIR" "$BENCH_DIR/results/instructions.json" \
+        "$BENCH_DIR/results/instructions-$STAMP.json"
+    log "results: bench/results/instructions.json and bench/results/instructions-$STAMP.json; raw: $RUN_DIR"
+else
+    python3 "$BENCH_DIR/report.py" "$RUN_DIR" "$BENCH_DIR/results/latest.json" \
+        "$BENCH_DIR/results/$STAMP.json"
+    log "results: bench/results/latest.json and bench/results/$STAMP.json; raw: $RUN_DIR"
+fi
