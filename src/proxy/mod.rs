@@ -493,14 +493,8 @@ impl ProxyHttp for Proxy {
             }
             // X-Forwarded-For: append the socket peer to what came before.
             let mut xff: SmallVec<[u8; 64]> = SmallVec::new();
-            let mut prev = h.get_all(X_FORWARDED_FOR).iter().peekable();
-            if prev.peek().is_some() {
-                for (i, v) in prev.enumerate() {
-                    if i > 0 {
-                        xff.extend_from_slice(b", ");
-                    }
-                    xff.extend_from_slice(v.as_bytes());
-                }
+            for prev in h.get_all(X_FORWARDED_FOR) {
+                xff.extend_from_slice(prev.as_bytes());
                 xff.extend_from_slice(b", ");
             }
             if let Some(ip) = peer {
