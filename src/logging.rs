@@ -1,7 +1,8 @@
 //! Logging: `env_logger` (level from `RUST_LOG`, default `info`), except
 //! that access-log lines (target `access`, one per request) are batched in
-//! memory and written every 100 ms or every 64 KiB, so a request costs no
-//! write system call of its own. Other records are written at once.
+//! memory and written every 100 ms (by [`Flusher`], a background service of
+//! the server) or every 64 KiB, so a request costs no write system call of
+//! its own. Other records are written at once.
 //!
 //! The HTTP proxy writes its access-log lines through [`access`], which
 //! formats them by hand: `fmt` machinery would cost more than the rest of
@@ -108,6 +109,35 @@ pub fn access(line: impl FnOnce(&mut Vec<u8>)) {
     end_line(&mut buf);
 }
 
+/// Write pending access-log lines now.
+pub fn flush_access() {
+    if let Some(pending) = ACCESS.get() {
+        write_out(&mut lock(pending));
+    }
+}
+
+/// Writes pending access-log lines every 100 ms, and once more at
+/// shutdown. A Pingora background service rather than a thread started
+/// with the logger: services start after `--daemon` forks, and a thread
+/// started before the fork would not exist in the daemon.
+pub struct Flusher;
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for Flusher {
+    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => flush_access(),
+                _ = shutdown.changed() => {
+                    flush_access();
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Append the decimal digits of `n`.
 pub fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
@@ -129,14 +159,6 @@ pub fn init() {
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
     let max = inner.filter();
     let access = Arc::new(Mutex::new(Vec::with_capacity(FLUSH_BYTES)));
-    let flusher = access.clone();
-    std::thread::Builder::new()
-        .name("access-log".into())
-        .spawn(move || loop {
-            std::thread::sleep(FLUSH_EVERY);
-            write_out(&mut lock(&flusher));
-        })
-        .ok();
     if log::set_boxed_logger(Box::new(Logger {
         inner,
         access: access.clone(),

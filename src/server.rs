@@ -173,5 +173,11 @@ pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
         h.threads = Some(1);
         server.add_service(h);
     }
+    let mut flusher = pingora_core::services::background::background_service(
+        "drawbridge access log",
+        crate::logging::Flusher,
+    );
+    flusher.threads = Some(1);
+    server.add_service(flusher);
     server.run_forever()
 }

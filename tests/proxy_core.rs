@@ -368,3 +368,51 @@ fn every_request_gets_one_access_log_line() {
         "{line}"
     );
 }
+
+/// Kills the process named in a pid file when dropped (a daemon is no
+/// child of the test).
+struct KillOnDrop(std::path::PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let pid = std::fs::read_to_string(&self.0).unwrap_or_default();
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            // SAFETY: kill(2) with a pid read from our own pid file.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_daemon_writes_its_access_log_too() {
+    let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
+    let d = Drawbridge::prepare(&two_server_yaml(&a.addr, &b.addr), &[]);
+    let _daemon = KillOnDrop(d.dir.path().join("drawbridge.pid"));
+    let log = std::fs::File::create(&d.log).expect("log file");
+    let mut parent = std::process::Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        .args(["run", "--daemon", "-c"])
+        .arg(&d.config)
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start drawbridge --daemon");
+    // The parent returns once the daemon is forked off.
+    let exited = wait_until(TIMEOUT, || parent.try_wait().is_ok_and(|s| s.is_some()));
+    if !exited {
+        let _ = parent.kill();
+    }
+    assert!(exited, "drawbridge --daemon did not return");
+    assert!(
+        wait_until(TIMEOUT, || std::net::TcpStream::connect(&d.web).is_ok()),
+        "the daemon does not serve; log:\n{}",
+        d.log_text()
+    );
+    assert_eq!(d.get("/from-the-daemon").status, 200);
+    // Lines are flushed every 100 ms by the server, not only when 64 KiB
+    // are pending.
+    let line = access_line(&d, "/from-the-daemon");
+    assert!(line.contains(" 200 app/app-0"), "{line}");
+}
