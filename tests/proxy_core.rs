@@ -268,13 +268,18 @@ fn bad_cookies_and_odd_hosts_never_break_requests() {
     }
 }
 
+/// One listener, the default site `app` and backend `app` with one server
+/// `s` at `addr`; `options` go into the backend's mapping (`"retries: 0,"`).
+fn one_server_yaml(options: &str, addr: &str) -> String {
+    format!(
+        "listeners:\n  - {{ name: web, listen: \"{{web}}\" }}\nsites:\n  - {{ name: app, backend: app }}\nbackends:\n  - {{ name: app, {options} servers: [{{ name: s, addr: \"{addr}\" }}] }}\n"
+    )
+}
+
 #[test]
 fn a_server_refusing_connections_without_health_checks_gives_the_error_page() {
     let dead = free_addr();
-    let yaml = format!(
-        "listeners:\n  - {{ name: web, listen: \"{{web}}\" }}\nsites:\n  - {{ name: app, backend: app }}\nbackends:\n  - {{ name: app, retries: 0, servers: [{{ name: s, addr: \"{dead}\" }}] }}\n"
-    );
-    let d = Drawbridge::start(&yaml);
+    let d = Drawbridge::start(&one_server_yaml("retries: 0,", &dead));
     let r = d.get("/");
     assert_eq!(r.status, 503);
     assert!(r.text().contains("went wrong"));
@@ -292,11 +297,7 @@ fn a_server_refusing_connections_without_health_checks_gives_the_error_page() {
 #[test]
 fn a_slow_upstream_gets_the_error_page_after_read_timeout() {
     let slow = Upstream::start("slow");
-    let yaml = format!(
-        "listeners:\n  - {{ name: web, listen: \"{{web}}\" }}\nsites:\n  - {{ name: app, backend: app }}\nbackends:\n  - {{ name: app, read_timeout: 1s, servers: [{{ name: s, addr: \"{}\" }}] }}\n",
-        slow.addr
-    );
-    let d = Drawbridge::start(&yaml);
+    let d = Drawbridge::start(&one_server_yaml("read_timeout: 1s,", &slow.addr));
     // The upstream answers after 6 s: the 1 s read timeout answers first.
     let r = d.get("/slow?ms=6000");
     assert_eq!(r.status, 504, "{}", r.text());
@@ -356,10 +357,7 @@ fn every_request_gets_one_access_log_line() {
 
     // A request no server could take: the error page, with the reason.
     let dead = free_addr();
-    let yaml = format!(
-        "listeners:\n  - {{ name: web, listen: \"{{web}}\" }}\nsites:\n  - {{ name: app, backend: app }}\nbackends:\n  - {{ name: app, retries: 0, servers: [{{ name: s, addr: \"{dead}\" }}] }}\n"
-    );
-    let d = Drawbridge::start(&yaml);
+    let d = Drawbridge::start(&one_server_yaml("retries: 0,", &dead));
     assert_eq!(d.get("/gone").status, 503);
     let line = access_line(&d, "/gone");
     assert!(
