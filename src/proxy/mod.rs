@@ -484,13 +484,11 @@ impl ProxyHttp for Proxy {
             .as_ref()
             .map(|s| s.cookie.as_str());
         headers::edit_request(up, 3, |h| {
-            if h.contains_key(COOKIE) {
-                let names: SmallVec<[&str; 2]> = sticky_name
-                    .into_iter()
-                    .chain([site.bypass_cookie.as_str()])
-                    .collect();
-                headers::strip_cookies(h, &names);
-            }
+            let names: SmallVec<[&str; 2]> = sticky_name
+                .into_iter()
+                .chain([site.bypass_cookie.as_str()])
+                .collect();
+            headers::strip_cookies(h, &names);
             // X-Forwarded-For: append the socket peer to what came before.
             let mut xff: SmallVec<[u8; 64]> = SmallVec::new();
             for prev in h.get_all(X_FORWARDED_FOR) {
@@ -524,13 +522,14 @@ impl ProxyHttp for Proxy {
         let set_cookie = self.set_cookies[ctx.backend][s].clone();
         headers::edit_response(resp, 2, |h| {
             h.append(SET_COOKIE, set_cookie);
-            let cc = h.get(CACHE_CONTROL).map(|v| v.as_bytes().to_vec());
-            match cc {
+            // A cheap clone (shared bytes): the map is written below.
+            let cc = h.get(CACHE_CONTROL).cloned();
+            match cc.as_ref().map(HeaderValue::as_bytes) {
                 None => {
                     h.insert(CACHE_CONTROL, HeaderValue::from_static("private"));
                 }
-                Some(v) if !sticky::forbids_shared_cache(&v) => {
-                    let kept: Vec<&str> = std::str::from_utf8(&v)
+                Some(v) if !sticky::forbids_shared_cache(v) => {
+                    let kept: Vec<&str> = std::str::from_utf8(v)
                         .unwrap_or("")
                         .split(',')
                         .map(str::trim)
