@@ -66,6 +66,22 @@ fn a_client_keeping_its_cookie_stays_and_the_app_never_sees_it() {
         !echoed.contains("SERVERID"),
         "the app saw the sticky cookie: {echoed}"
     );
+    // Sticky values that name no server, and the maintenance bypass
+    // cookie, are removed as well; other cookies are kept.
+    for sent in [
+        "other=1; SERVERID=not-a-server",
+        "SERVERID=; other=1",
+        "other=1; DRAWBRIDGE_BYPASS=abc",
+    ] {
+        let echoed = d
+            .send(Request::new("GET", "/headers").header("Cookie", sent))
+            .text();
+        assert!(echoed.contains("cookie: other=1"), "{sent}: {echoed}");
+        assert!(
+            !echoed.contains("SERVERID") && !echoed.contains("DRAWBRIDGE_BYPASS"),
+            "{sent}: the app saw our cookie: {echoed}"
+        );
+    }
 }
 
 #[test]

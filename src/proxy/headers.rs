@@ -10,7 +10,7 @@
 //! case-insensitive, RFC 9110 §5.1) and as HAProxy sends them. The request
 //! target, reason phrase and extensions are kept exactly.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, COOKIE};
+use http::header::{Entry, HeaderMap, HeaderName, HeaderValue, COOKIE};
 use pingora_http::{RequestHeader, ResponseHeader};
 use smallvec::SmallVec;
 use std::net::IpAddr;
@@ -61,7 +61,11 @@ pub fn edit_response<R>(
     extra: usize,
     edit: impl FnOnce(&mut HeaderMap) -> R,
 ) -> R {
-    let reason = resp.get_reason_phrase().map(str::to_owned);
+    // Pingora keeps only a reason that differs from the standard one.
+    let reason = resp
+        .get_reason_phrase()
+        .filter(|r| Some(*r) != resp.status.canonical_reason())
+        .map(str::to_owned);
     let taken = std::mem::replace(resp, ResponseHeader::from(empty_response_parts()));
     let mut parts = http::response::Parts::from(taken);
     parts.headers.reserve(extra);
@@ -74,6 +78,33 @@ pub fn edit_response<R>(
         }
     }
     out
+}
+
+/// Set `X-Forwarded-For` to the values that came before (joined into one
+/// list) followed by `peer`. Without a peer address the header is left as
+/// it is.
+pub fn append_forwarded_for(h: &mut HeaderMap, peer: Option<IpAddr>) {
+    let Some(ip) = peer else { return };
+    let mut xff: SmallVec<[u8; 64]> = SmallVec::new();
+    match h.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(e) => {
+            write_ip(&mut xff, ip);
+            if let Ok(v) = HeaderValue::from_bytes(&xff) {
+                e.insert(v);
+            }
+        }
+        Entry::Occupied(mut e) => {
+            for prev in e.iter() {
+                xff.extend_from_slice(prev.as_bytes());
+                xff.extend_from_slice(b", ");
+            }
+            write_ip(&mut xff, ip);
+            // Valid values joined by ", ": still a valid value.
+            if let Ok(v) = HeaderValue::from_bytes(&xff) {
+                e.insert(v);
+            }
+        }
+    }
 }
 
 /// Append the text form of `ip` to `out` (IPv4 without `fmt`: this runs
@@ -116,7 +147,7 @@ pub fn strip_cookies(h: &mut HeaderMap, names: &[&str]) {
     if edited.iter().all(Option::is_none) {
         return;
     }
-    let http::header::Entry::Occupied(entry) = h.entry(COOKIE) else {
+    let Entry::Occupied(entry) = h.entry(COOKIE) else {
         return;
     };
     let old: SmallVec<[HeaderValue; 2]> = entry.remove_entry_mult().1.collect();
@@ -156,6 +187,28 @@ mod tests {
         let mut out = Vec::new();
         write_ip(&mut out, IpAddr::V6(Ipv6Addr::LOCALHOST));
         assert_eq!(&out[..], b"::1");
+    }
+
+    #[test]
+    fn forwarded_for_joins_earlier_values() {
+        let peer = Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)));
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, peer);
+        assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(h[X_FORWARDED_FOR], "10.1.2.3");
+
+        let mut h = HeaderMap::new();
+        h.append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("1.1.1.1, 2.2.2.2"),
+        );
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("3.3.3.3"));
+        append_forwarded_for(&mut h, peer);
+        assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3");
+
+        append_forwarded_for(&mut h, None);
+        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3");
     }
 
     #[test]

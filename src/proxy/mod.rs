@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use gate::Bypass;
 use headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
-use http::header::{HeaderValue, CACHE_CONTROL, COOKIE, HOST, SET_COOKIE};
+use http::header::{Entry, HeaderValue, CACHE_CONTROL, COOKIE, HOST, SET_COOKIE};
 use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
@@ -92,6 +92,9 @@ pub struct Ctx {
     /// Whether the request bypasses maintenance; computed when needed.
     bypass: Option<Option<Bypass>>,
     bypass_cookie: Option<Bytes>,
+    /// Whether the request carries the sticky or the bypass cookie, which
+    /// are removed before it goes upstream.
+    our_cookies: bool,
     server: Option<usize>,
     tier: Option<Tier>,
     tried: SmallVec<[usize; 4]>,
@@ -269,6 +272,7 @@ impl ProxyHttp for Proxy {
             cookie_server: None,
             bypass: None,
             bypass_cookie: None,
+            our_cookies: false,
             server: None,
             tier: None,
             tried: SmallVec::new(),
@@ -280,12 +284,14 @@ impl ProxyHttp for Proxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<bool> {
         let rt = &self.rt;
         let req = session.req_header();
-        let host = req
-            .headers
-            .get(HOST)
-            .map(|h| h.as_bytes())
-            .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
-        let Some(site_idx) = rt.router.route(host) else {
+        // Host is looked up only when routing needs it.
+        let host = rt.router.reads_host().then(|| {
+            req.headers
+                .get(HOST)
+                .map(|h| h.as_bytes())
+                .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
+        });
+        let Some(site_idx) = rt.router.route(host.flatten()) else {
             ctx.answer = Answer::NoSite;
             let body = Bytes::from_static(b"no site is configured for this host\n");
             pages::respond(session, 404, "text/plain; charset=utf-8", body).await?;
@@ -315,6 +321,7 @@ impl ProxyHttp for Proxy {
             header_bytes(req, COOKIE),
             [Some(site.bypass_cookie.as_str()), sticky_cookie],
         );
+        ctx.our_cookies = bypass_cookie.is_some() || sticky_value.is_some();
         ctx.bypass_cookie = bypass_cookie.map(Bytes::copy_from_slice);
         if let Some(v) = sticky_value {
             ctx.cookie_server = backend.servers.iter().position(|s| s.id.as_bytes() == v);
@@ -483,24 +490,16 @@ impl ProxyHttp for Proxy {
             .sticky
             .as_ref()
             .map(|s| s.cookie.as_str());
+        let our_cookies = ctx.our_cookies;
         headers::edit_request(up, 3, |h| {
-            let names: SmallVec<[&str; 2]> = sticky_name
-                .into_iter()
-                .chain([site.bypass_cookie.as_str()])
-                .collect();
-            headers::strip_cookies(h, &names);
-            // X-Forwarded-For: append the socket peer to what came before.
-            let mut xff: SmallVec<[u8; 64]> = SmallVec::new();
-            for prev in h.get_all(X_FORWARDED_FOR) {
-                xff.extend_from_slice(prev.as_bytes());
-                xff.extend_from_slice(b", ");
+            if our_cookies {
+                let names: SmallVec<[&str; 2]> = sticky_name
+                    .into_iter()
+                    .chain([site.bypass_cookie.as_str()])
+                    .collect();
+                headers::strip_cookies(h, &names);
             }
-            if let Some(ip) = peer {
-                headers::write_ip(&mut xff, ip);
-            }
-            if let Ok(v) = HeaderValue::from_bytes(&xff) {
-                h.insert(X_FORWARDED_FOR, v);
-            }
+            headers::append_forwarded_for(h, peer);
             h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
             if let Some(host) = host {
                 h.insert(X_FORWARDED_HOST, host);
@@ -522,14 +521,12 @@ impl ProxyHttp for Proxy {
         let set_cookie = self.set_cookies[ctx.backend][s].clone();
         headers::edit_response(resp, 2, |h| {
             h.append(SET_COOKIE, set_cookie);
-            // A cheap clone (shared bytes): the map is written below.
-            let cc = h.get(CACHE_CONTROL).cloned();
-            match cc.as_ref().map(HeaderValue::as_bytes) {
-                None => {
-                    h.insert(CACHE_CONTROL, HeaderValue::from_static("private"));
+            match h.entry(CACHE_CONTROL) {
+                Entry::Vacant(e) => {
+                    e.insert(HeaderValue::from_static("private"));
                 }
-                Some(v) if !sticky::forbids_shared_cache(v) => {
-                    let kept: Vec<&str> = std::str::from_utf8(v)
+                Entry::Occupied(mut e) if !sticky::forbids_shared_cache(e.get().as_bytes()) => {
+                    let kept: Vec<&str> = std::str::from_utf8(e.get().as_bytes())
                         .unwrap_or("")
                         .split(',')
                         .map(str::trim)
@@ -541,10 +538,10 @@ impl ProxyHttp for Proxy {
                     }
                     value.push_str("private");
                     if let Ok(v) = HeaderValue::from_str(&value) {
-                        h.insert(CACHE_CONTROL, v);
+                        e.insert(v);
                     }
                 }
-                Some(_) => {}
+                Entry::Occupied(_) => {}
             }
         });
         Ok(())

@@ -31,10 +31,14 @@ impl Router {
         r
     }
 
+    /// Whether routing looks at Host at all (not with only a default site).
+    pub fn reads_host(&self) -> bool {
+        !self.exact.is_empty() || !self.wildcards.is_empty()
+    }
+
     /// The site for a Host header value (port ignored, case-insensitive).
     pub fn route(&self, host: Option<&[u8]>) -> Option<usize> {
-        if self.exact.is_empty() && self.wildcards.is_empty() {
-            // Only a default site: nothing to read from Host.
+        if !self.reads_host() {
             return self.default;
         }
         let mut buf = [0u8; 256];
@@ -123,6 +127,10 @@ mod tests {
         assert_eq!(r.route(None), Some(2));
         assert_eq!(r.route(Some(&[0xff, 0xfe])), Some(2));
         assert_eq!(r.route(Some(&[b'a'; 5000])), Some(2));
+        assert!(r.reads_host());
+        let only_default = Router::new(&[site("d", &[])]);
+        assert!(!only_default.reads_host());
+        assert_eq!(only_default.route(Some(b"app.example.org")), Some(0));
     }
 
     #[test]
