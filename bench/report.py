@@ -176,6 +176,21 @@ def main():
                 vb = results.get(workload, {}).get(b, {}).get(fkey)
                 ratios.setdefault(workload, {}).setdefault(key, {})[fkey] = ratio(va, vb)
 
+    # Per-round ratios of requests per CPU-second: the two proxies of a round
+    # ran back to back, so slow drift of the machine cancels out of each ratio.
+    paired = {}
+    for workload in WORKLOADS:
+        for a, b in RATIOS:
+            ra = {r["round"]: r["req_per_cpu_s"] for r in per_run.get(workload, {}).get(a, [])}
+            rb = {r["round"]: r["req_per_cpu_s"] for r in per_run.get(workload, {}).get(b, [])}
+            each = [ratio(ra[k], rb[k]) for k in sorted(ra) if k in rb]
+            each = [x for x in each if x is not None]
+            if each:
+                paired.setdefault(workload, {})[f"{a}/{b}"] = {
+                    "median": statistics.median(each), "min": min(each), "max": max(each),
+                    "rounds": each,
+                }
+
     # ---- table ----------------------------------------------------------------
     cols = ["workload", "figure"] + [LABEL[p] for p in PROXIES] + \
            [f"{LABEL[a]}/{LABEL[b]}" for a, b in RATIOS]
@@ -213,6 +228,20 @@ def main():
             print()
         prev = row[0]
         print(render(row))
+
+    if paired:
+        print()
+        print("req/CPU-s ratio per round (median, min-max over rounds):")
+        for workload in WORKLOADS:
+            cells = []
+            for a, b in RATIOS:
+                pr = paired.get(workload, {}).get(f"{a}/{b}")
+                if pr:
+                    name = f"{LABEL[a]}/{LABEL[b]}".replace("drawbridge/", "db/") \
+                        .replace("/bare Pingora", "/bare").replace("bare Pingora/", "bare/")
+                    cells.append(f"{name} {pr['median']:.2f}x ({pr['min']:.2f}-{pr['max']:.2f})")
+            if cells:
+                print(f"  {workload:<7} " + "   ".join(cells))
 
     warnings = []
     for workload in WORKLOADS:
@@ -265,6 +294,7 @@ def main():
         },
         "results": results,
         "ratios": ratios,
+        "paired_ratios": paired,
         "notes": notes + warnings,
     }
     for out in outs:
