@@ -140,16 +140,26 @@ pub fn write_ip<B: Extend<u8>>(out: &mut B, ip: IpAddr) {
 /// left empty is removed. Headers without those cookies are kept as they
 /// are.
 pub fn strip_cookies(h: &mut HeaderMap, names: &[&str]) {
-    let mut edited: SmallVec<[Option<Vec<u8>>; 2]> = SmallVec::new();
-    for v in h.get_all(COOKIE) {
-        edited.push(super::sticky::strip(v.as_bytes(), names));
-    }
+    let Entry::Occupied(mut entry) = h.entry(COOKIE) else {
+        return;
+    };
+    let mut edited: SmallVec<[Option<Vec<u8>>; 2]> = entry
+        .iter()
+        .map(|v| super::sticky::strip(v.as_bytes(), names))
+        .collect();
     if edited.iter().all(Option::is_none) {
         return;
     }
-    let Entry::Occupied(entry) = h.entry(COOKIE) else {
+    if let [Some(only)] = &mut edited[..] {
+        // One Cookie header, the usual case: replace it in place.
+        // Pieces of a valid header value, joined by "; ", are valid.
+        if only.is_empty() {
+            entry.remove();
+        } else if let Ok(v) = HeaderValue::from_bytes(only) {
+            entry.insert(v);
+        }
         return;
-    };
+    }
     let old: SmallVec<[HeaderValue; 2]> = entry.remove_entry_mult().1.collect();
     for (old, new) in old.into_iter().zip(edited) {
         match new {
@@ -158,7 +168,6 @@ pub fn strip_cookies(h: &mut HeaderMap, names: &[&str]) {
             }
             Some(v) if v.is_empty() => {}
             Some(v) => {
-                // Pieces of a valid header value, joined by "; ".
                 if let Ok(v) = HeaderValue::from_bytes(&v) {
                     h.append(COOKIE, v);
                 }
@@ -265,5 +274,17 @@ mod tests {
         h.append(COOKIE, HeaderValue::from_static("a=1"));
         strip_cookies(&mut h, &["SERVERID"]);
         assert_eq!(h.get(COOKIE).unwrap(), "a=1");
+        // One header: edited in place, or removed when nothing is left.
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("SERVERID=x; a=1"));
+        strip_cookies(&mut h, &["SERVERID"]);
+        assert_eq!(h.get_all(COOKIE).iter().count(), 1);
+        assert_eq!(h.get(COOKIE).unwrap(), "a=1");
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("SERVERID=x"));
+        h.append(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        strip_cookies(&mut h, &["SERVERID"]);
+        assert!(h.get(COOKIE).is_none());
+        assert_eq!(h.len(), 1);
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::config::Sticky;
 use sha2::{Digest, Sha256};
+use smallvec::SmallVec;
 
 /// The opaque cookie id of a server: a hash of backend and server names,
 /// never the address, identical on every instance with the same config.
@@ -33,6 +34,12 @@ pub fn pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 }
 
 fn trim(s: &[u8]) -> &[u8] {
+    let (start, end) = trim_bounds(s);
+    &s[start..end]
+}
+
+/// Where `s` starts and ends without surrounding whitespace.
+fn trim_bounds(s: &[u8]) -> (usize, usize) {
     let start = s
         .iter()
         .position(|b| !b.is_ascii_whitespace())
@@ -41,7 +48,7 @@ fn trim(s: &[u8]) -> &[u8] {
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(start, |e| e + 1);
-    &s[start..end]
+    (start, end)
 }
 
 /// The first value of cookie `name` across all given `Cookie` header values.
@@ -76,26 +83,43 @@ pub fn find_each<'a, const N: usize>(
 
 /// The `Cookie` header value without the cookies named in `drop`, or `None`
 /// when none of them is present (the header is then left untouched). An
-/// empty result means the header should be removed.
+/// empty result means the header should be removed. One pass: the kept
+/// pieces are remembered and joined only when something was dropped.
 pub fn strip(header: &[u8], drop: &[&str]) -> Option<Vec<u8>> {
-    let named = |n: &[u8]| drop.iter().any(|d| d.as_bytes() == n);
-    if !pairs(header).any(|(n, _)| named(n)) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(header.len());
+    let mut kept: SmallVec<[(usize, usize); 8]> = SmallVec::new();
+    let mut dropped = false;
+    let mut start = 0;
     for piece in header.split(|&b| b == b';') {
-        let piece = trim(piece);
-        let name = piece
-            .iter()
-            .position(|&b| b == b'=')
-            .map(|eq| trim(&piece[..eq]));
-        if piece.is_empty() || name.is_some_and(named) {
+        let at = start;
+        start += piece.len() + 1;
+        let (from, to) = trim_bounds(piece);
+        let trimmed = &piece[from..to];
+        if trimmed.is_empty() {
             continue;
         }
-        if !out.is_empty() {
+        let named = trimmed
+            .iter()
+            .position(|&b| b == b'=')
+            .map(|eq| trim(&trimmed[..eq]))
+            .is_some_and(|n| drop.iter().any(|d| d.as_bytes() == n));
+        if named {
+            dropped = true;
+        } else {
+            kept.push((at + from, at + to));
+        }
+    }
+    if !dropped {
+        return None;
+    }
+    if kept.is_empty() {
+        return Some(Vec::new());
+    }
+    let mut out = Vec::with_capacity(header.len());
+    for (i, &(from, to)) in kept.iter().enumerate() {
+        if i > 0 {
             out.extend_from_slice(b"; ");
         }
-        out.extend_from_slice(piece);
+        out.extend_from_slice(&header[from..to]);
     }
     Some(out)
 }
@@ -198,6 +222,22 @@ mod tests {
             Some(b"a=1; b=2".to_vec())
         );
         assert_eq!(strip(b"SERVERID=x", &["SERVERID"]), Some(Vec::new()));
+        assert_eq!(
+            strip(b" ;a=1 ;; SERVERID = x ;  flag ; c=\"q\" ", &["SERVERID"]),
+            Some(b"a=1; flag; c=\"q\"".to_vec())
+        );
+        // A piece without "=" is not a cookie named SERVERID.
+        assert_eq!(strip(b"SERVERID; a=1", &["SERVERID"]), None);
+        let many: Vec<u8> = (0..20)
+            .map(|i| format!("k{i}=v; "))
+            .collect::<String>()
+            .into_bytes();
+        let mut with_ours = many.clone();
+        with_ours.extend_from_slice(b"SERVERID=x");
+        assert_eq!(
+            strip(&with_ours, &["SERVERID"]),
+            Some(many[..many.len() - 2].to_vec())
+        );
     }
 
     #[test]
