@@ -143,14 +143,14 @@ pub fn strip_cookies(h: &mut HeaderMap, names: &[&str]) {
     let Entry::Occupied(mut entry) = h.entry(COOKIE) else {
         return;
     };
-    let mut edited: SmallVec<[Option<Vec<u8>>; 2]> = entry
+    let edited: SmallVec<[Option<Vec<u8>>; 2]> = entry
         .iter()
         .map(|v| super::sticky::strip(v.as_bytes(), names))
         .collect();
     if edited.iter().all(Option::is_none) {
         return;
     }
-    if let [Some(only)] = &mut edited[..] {
+    if let [Some(only)] = &edited[..] {
         // One Cookie header, the usual case: replace it in place.
         // Pieces of a valid header value, joined by "; ", are valid.
         if only.is_empty() {
