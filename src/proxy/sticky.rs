@@ -51,12 +51,6 @@ fn trim_bounds(s: &[u8]) -> (usize, usize) {
     (start, end)
 }
 
-/// The first value of cookie `name` across all given `Cookie` header values.
-pub fn find<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &str) -> Option<&'a [u8]> {
-    let [v] = find_each(headers, [Some(name)]);
-    v
-}
-
 /// The first value of each cookie in `names` (`None` names are not looked
 /// for), in one pass over the `Cookie` header values.
 pub fn find_each<'a, const N: usize>(
@@ -156,6 +150,12 @@ pub fn forbids_shared_cache(cache_control: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first value of cookie `name` across all given `Cookie` values.
+    fn find<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &str) -> Option<&'a [u8]> {
+        let [v] = find_each(headers, [Some(name)]);
+        v
+    }
 
     fn sticky() -> Sticky {
         Sticky {
