@@ -22,8 +22,9 @@ RUN apt-get update \
 
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked \
- && cp target/release/drawbridge /usr/local/bin/drawbridge
+# The production profile: fat LTO, a slower build for a cheaper proxy.
+RUN cargo build --profile production --locked \
+ && cp target/production/drawbridge /usr/local/bin/drawbridge
 
 # -------------------------------------------------------------- runtime stage
 FROM debian:bookworm-slim

@@ -53,6 +53,7 @@ def main():
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)] if rows else []
     print()
     print(f"drawbridge instruction counts  {meta.get('date', '')}  "
+          f"profile={meta.get('profile', '?')}  "
           f"(valgrind --tool=callgrind, user space, per request; "
           f"ratios: requests per instruction, a/b)")
     for line in [head] + rows:

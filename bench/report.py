@@ -11,6 +11,7 @@ RUN_DIR holds what run.sh wrote:
 """
 
 import json
+import math
 import os
 import re
 import statistics
@@ -65,6 +66,29 @@ def parse_wrk(path):
 def median(values):
     vals = [v for v in values if v is not None]
     return statistics.median(vals) if vals else None
+
+
+def median_ci(values, level=0.95):
+    """Confidence interval of the median that assumes nothing of the distribution.
+
+    The median lies below the k-th smallest of n values with probability
+    P(Binomial(n, 1/2) < k); the interval is the k-th smallest to the k-th
+    largest value for the largest k that leaves at most (1 - level) / 2 out on
+    each side. Returns (low, high, coverage), or None with fewer than 6 values
+    (even min-max covers less than 95 % then).
+    """
+    xs = sorted(values)
+    n = len(xs)
+    tail, k = 0.0, 0
+    for j in range(n):
+        p = math.comb(n, j) / 2**n
+        if tail + p > (1 - level) / 2:
+            break
+        tail += p
+        k = j + 1
+    if k == 0:
+        return None
+    return xs[k - 1], xs[n - k], 1 - 2 * tail
 
 
 def ratio(a, b):
@@ -186,8 +210,11 @@ def main():
             each = [ratio(ra[k], rb[k]) for k in sorted(ra) if k in rb]
             each = [x for x in each if x is not None]
             if each:
+                ci = median_ci(each)
                 paired.setdefault(workload, {})[f"{a}/{b}"] = {
                     "median": statistics.median(each), "min": min(each), "max": max(each),
+                    "ci95": None if ci is None else {"low": ci[0], "high": ci[1],
+                                                     "coverage": ci[2]},
                     "rounds": each,
                 }
 
@@ -219,7 +246,8 @@ def main():
     print()
     print(f"drawbridge benchmark  {meta.get('date', '')}  rounds={meta.get('rounds', '?')} "
           f"duration={meta.get('duration', '?')} wrk -t1 -c{meta.get('connections', '?')}  "
-          f"idle={meta.get('idle_conns', '?')} conns  (medians; ratios a/b of the figure)")
+          f"idle={meta.get('idle_conns', '?')} conns  profile={meta.get('profile', '?')}  "
+          "(medians; ratios a/b of the figure)")
     print(render(cols))
     print(render(["-" * w for w in widths]))
     prev = None
@@ -231,7 +259,8 @@ def main():
 
     if paired:
         print()
-        print("req/CPU-s ratio per round (median, min-max over rounds):")
+        print("req/CPU-s ratio per round: median (95% confidence interval of the median, "
+              "from 6 rounds on; lowest-highest round)")
         for workload in WORKLOADS:
             cells = []
             for a, b in RATIOS:
@@ -239,7 +268,10 @@ def main():
                 if pr:
                     name = f"{LABEL[a]}/{LABEL[b]}".replace("drawbridge/", "db/") \
                         .replace("/bare Pingora", "/bare").replace("bare Pingora/", "bare/")
-                    cells.append(f"{name} {pr['median']:.2f}x ({pr['min']:.2f}-{pr['max']:.2f})")
+                    ci = pr["ci95"]
+                    ci_text = f"CI {ci['low']:.2f}-{ci['high']:.2f}; " if ci else ""
+                    cells.append(f"{name} {pr['median']:.2f}x ({ci_text}"
+                                 f"{pr['min']:.2f}-{pr['max']:.2f})")
             if cells:
                 print(f"  {workload:<7} " + "   ".join(cells))
 
