@@ -105,8 +105,10 @@ pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
         // spares the multi-threaded scheduler's cross-thread wake-ups.
         work_stealing: settings.threads > 1,
         // Timeouts of a second or more (upstream read timeouts, keep-alive)
-        // use tokio's timer: it costs nothing until the wrapped I/O has to
-        // wait, where Pingora's own timer registers on every read.
+        // use tokio's timer, armed only when the wrapped I/O has to wait and
+        // removed when it completes. Pingora's own 10 ms wheel (its default
+        // below 900 s) keeps every timer until its deadline, even once
+        // cancelled, and runs a clock thread.
         fast_timeout_to_tokio_threshold_seconds: Some(0),
         grace_period_seconds: Some(settings.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(settings.graceful_shutdown_timeout_seconds),
