@@ -21,7 +21,7 @@
 #                      PROFILE     cargo profile both Pingora proxies are built with
 #                                  (production: fat LTO, what the container ships)
 #                      NO_BUILD=1    use the binaries already in target/$PROFILE
-#                      MAX_SECONDS   hard limit for the whole run (1200)
+#                      MAX_SECONDS   hard limit for the whole run, build included (1800)
 #                      QUIET_WAIT    before each measurement, wait up to this many
 #                                    seconds for the machine to be idle (0)
 #                      QUIET_PCT     "idle" means at most this % CPU busy (15)
@@ -40,7 +40,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 IDLE_CONNS=${IDLE_CONNS:-5000}
 PROXIES=${PROXIES:-haproxy,drawbridge,bare}
 WORKLOADS=${WORKLOADS:-new,sticky,maint,idle}
-MAX_SECONDS=${MAX_SECONDS:-1200}
+MAX_SECONDS=${MAX_SECONDS:-1800}
 QUIET_WAIT=${QUIET_WAIT:-0}
 QUIET_PCT=${QUIET_PCT:-15}
 BARE_FLAGS=${BARE_FLAGS:-}
