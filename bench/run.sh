@@ -18,9 +18,9 @@
 #                      CONNECTIONS wrk connections (64)
 #                      IDLE_CONNS  idle keep-alive connections held (5000)
 #                      NO_INSTALL=1  never apt-get install; fail if a tool is missing
-#                      PROFILE     cargo profile both Pingora proxies are built with
-#                                  (production: fat LTO, what the container ships)
-#                      NO_BUILD=1    use the binaries already in target/$PROFILE
+#                      BUILD_PROFILE cargo profile both Pingora proxies are built with
+#                                    (production: fat LTO, what the container ships)
+#                      NO_BUILD=1    use the binaries already in target/$BUILD_PROFILE
 #                      MAX_SECONDS   hard limit for the whole run, build included (1800)
 #                      QUIET_WAIT    before each measurement, wait up to this many
 #                                    seconds for the machine to be idle (0)
@@ -47,7 +47,7 @@ BARE_FLAGS=${BARE_FLAGS:-}
 BUILD_TIMEOUT=${BUILD_TIMEOUT:-1800}
 NO_INSTALL=${NO_INSTALL:-0}
 NO_BUILD=${NO_BUILD:-0}
-PROFILE=${PROFILE:-production}
+BUILD_PROFILE=${BUILD_PROFILE:-production}
 INSTRUCTIONS=${INSTRUCTIONS:-0}
 
 usage() { sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
@@ -81,8 +81,8 @@ HAPROXY_SOCK=/tmp/anchor-haproxy.sock
 HAPROXY_PAGE=/tmp/anchor-maintenance.html
 DRAWBRIDGE_STATE=/tmp/bench-drawbridge-state.json
 DRAWBRIDGE_CONF=$BENCH_DIR/drawbridge.yaml
-DRAWBRIDGE_BIN=${DRAWBRIDGE_BIN:-$REPO_DIR/target/$PROFILE/drawbridge}
-BARE_BIN=$REPO_DIR/target/$PROFILE/examples/bare_pingora
+DRAWBRIDGE_BIN=${DRAWBRIDGE_BIN:-$REPO_DIR/target/$BUILD_PROFILE/drawbridge}
+BARE_BIN=$REPO_DIR/target/$BUILD_PROFILE/examples/bare_pingora
 ALL_PROXIES=(haproxy drawbridge bare)
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -307,8 +307,8 @@ build() {
     if [[ $NO_BUILD = 1 ]]; then
         log "NO_BUILD=1: using binaries already built"
     elif wants drawbridge; then
-        log "building drawbridge and bare_pingora (cargo build --profile $PROFILE)"
-        if ! timeout "$BUILD_TIMEOUT" cargo build --profile "$PROFILE" --bin drawbridge --example bare_pingora \
+        log "building drawbridge and bare_pingora (cargo build --profile $BUILD_PROFILE)"
+        if ! timeout "$BUILD_TIMEOUT" cargo build --profile "$BUILD_PROFILE" --bin drawbridge --example bare_pingora \
                 >"$RUN_DIR/build.log" 2>&1; then
             tail -n 15 "$RUN_DIR/build.log" >&2
             note "cargo build of drawbridge failed (log: $RUN_DIR/build.log)"
@@ -318,8 +318,8 @@ build() {
             fi
         fi
     else
-        log "building bare_pingora (cargo build --profile $PROFILE --example bare_pingora)"
-        if ! timeout "$BUILD_TIMEOUT" cargo build --profile "$PROFILE" --example bare_pingora \
+        log "building bare_pingora (cargo build --profile $BUILD_PROFILE --example bare_pingora)"
+        if ! timeout "$BUILD_TIMEOUT" cargo build --profile "$BUILD_PROFILE" --example bare_pingora \
                 >"$RUN_DIR/build.log" 2>&1; then
             tail -n 15 "$RUN_DIR/build.log" >&2
             if [[ -x $BARE_BIN ]]; then
@@ -743,7 +743,7 @@ sleep 2  # at least one health-check pass for both proxies
     echo "quiet_wait=$QUIET_WAIT"
     echo "quiet_pct=$QUIET_PCT"
     echo "bare_flags=$BARE_FLAGS"
-    echo "profile=$PROFILE"
+    echo "profile=$BUILD_PROFILE"
     echo "haproxy=$(haproxy -v 2>/dev/null | head -n1)"
     echo "nginx=$(nginx -v 2>&1 | head -n1)"
     echo "wrk=$(wrk -v 2>&1 | head -n1)"
