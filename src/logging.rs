@@ -1,8 +1,9 @@
 //! Logging: `env_logger` (level from `RUST_LOG`, default `info`), except
 //! that access-log lines (target `access`, one per request) are batched in
 //! memory and written every 100 ms (by [`Flusher`], a background service of
-//! the server) or every 64 KiB, so a request costs no write system call of
-//! its own. Other records are written at once.
+//! the server, also through a graceful shutdown) or every 64 KiB, so a
+//! request costs no write system call of its own. Other records are written
+//! at once.
 //!
 //! The HTTP proxy writes its access-log lines through [`access`], which
 //! formats them by hand: `fmt` machinery would cost more than the rest of
@@ -116,24 +117,34 @@ pub fn flush_access() {
     }
 }
 
-/// Writes pending access-log lines every 100 ms, and once more at
-/// shutdown. A Pingora background service rather than a thread started
-/// with the logger: services start after `--daemon` forks, and a thread
-/// started before the fork would not exist in the daemon.
+/// Writes pending access-log lines every 100 ms for as long as the server
+/// runs, and once more when it stops. A graceful shutdown keeps serving the
+/// requests in flight for `grace_period_seconds`, so the flusher does not
+/// stop at the shutdown signal: it runs until Pingora drops its runtime, and
+/// the lines left then are written as the task is dropped.
+///
+/// A Pingora background service rather than a thread started with the
+/// logger: services start after `--daemon` forks, and a thread started
+/// before the fork would not exist in the daemon.
 pub struct Flusher;
+
+/// Writes the pending lines when dropped.
+struct FlushOnDrop;
+
+impl Drop for FlushOnDrop {
+    fn drop(&mut self) {
+        flush_access();
+    }
+}
 
 #[async_trait::async_trait]
 impl pingora_core::services::background::BackgroundService for Flusher {
-    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+    async fn start(&self, _shutdown: pingora_core::server::ShutdownWatch) {
+        let _last = FlushOnDrop;
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         loop {
-            tokio::select! {
-                _ = tick.tick() => flush_access(),
-                _ = shutdown.changed() => {
-                    flush_access();
-                    return;
-                }
-            }
+            tick.tick().await;
+            flush_access();
         }
     }
 }

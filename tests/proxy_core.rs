@@ -430,3 +430,36 @@ fn a_daemon_writes_its_access_log_too() {
     let line = access_line(&d, "/from-the-daemon");
     assert!(line.contains(" 200 app/app-0"), "{line}");
 }
+
+#[test]
+fn access_lines_keep_coming_during_a_graceful_shutdown() {
+    let a = Upstream::start("app-01");
+    let d = Drawbridge::prepare(&one_server_yaml("", &a.addr), &[]);
+    // A grace period far longer than the test: a line that shows up is
+    // written by the server while it drains, not at its exit.
+    let conf = read(&d.config).replace("grace_period_seconds: 1", "grace_period_seconds: 60");
+    std::fs::write(&d.config, conf).expect("write config");
+    let d = d.launch();
+    let web = d.web.clone();
+    let slow = std::thread::spawn(move || get(&web, "/slow?ms=1500").status);
+    let in_flight = r#"drawbridge_server_inflight{backend="app",server="s"} 1"#;
+    assert!(
+        wait_until(TIMEOUT, || d.metrics_text().contains(in_flight)),
+        "the slow request never showed as in flight"
+    );
+    let pid = i32::try_from(d.proc.pid().expect("pid")).expect("pid");
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    // The request in flight is still answered...
+    assert_eq!(slow.join().expect("slow request thread"), 200);
+    // ...and logged within the flush interval, long before the grace
+    // period ends.
+    let line = access_line(&d, "/slow");
+    assert!(line.contains(" GET /slow 200 app/s "), "{}", d.log_text());
+    assert!(
+        d.log_text().contains("grace period 60s starts")
+            && !d.log_text().contains("grace period ends"),
+        "{}",
+        d.log_text()
+    );
+}
