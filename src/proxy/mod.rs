@@ -86,6 +86,9 @@ pub struct Ctx {
     snap: Option<Arc<Snapshot>>,
     site: usize,
     backend: usize,
+    /// The socket peer's address (the last hop, for X-Forwarded-For).
+    peer: Option<IpAddr>,
+    /// The client: the peer, or the address trusted proxies forwarded.
     client: IpAddr,
     /// The server the sticky cookie names, if it is one of this backend's.
     cookie_server: Option<usize>,
@@ -268,6 +271,7 @@ impl ProxyHttp for Proxy {
             snap: None,
             site: 0,
             backend: 0,
+            peer: None,
             client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             cookie_server: None,
             bypass: None,
@@ -300,11 +304,11 @@ impl ProxyHttp for Proxy {
         let site = &rt.config.sites[site_idx];
         ctx.site = site_idx;
         ctx.backend = site.backend;
-        let peer = session
+        ctx.peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+            .map(|a| a.ip());
+        let peer = ctx.peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let req = session.req_header();
         ctx.client = if rt.config.trusted_proxies.is_empty() {
             peer
@@ -480,10 +484,7 @@ impl ProxyHttp for Proxy {
         up: &mut RequestHeader,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        let peer = ctx.peer;
         let host = session.req_header().headers.get(HOST).cloned();
         let site = &self.rt.config.sites[ctx.site];
         let sticky_name = self.rt.config.backends[ctx.backend]

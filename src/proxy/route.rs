@@ -38,9 +38,6 @@ impl Router {
 
     /// The site for a Host header value (port ignored, case-insensitive).
     pub fn route(&self, host: Option<&[u8]>) -> Option<usize> {
-        if !self.reads_host() {
-            return self.default;
-        }
         let mut buf = [0u8; 256];
         let name = host.and_then(|h| normalise(h, &mut buf));
         let Some(name) = name else {
