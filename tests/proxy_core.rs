@@ -236,6 +236,42 @@ fn forwarded_headers_are_appended() {
     assert!(t.contains("x-custom-thing: kept"), "{t}");
 }
 
+/// The request is edited once for the upstream: a connect failure retried
+/// on another server sends the same request, with one X-Forwarded-For hop
+/// and without our cookies.
+#[test]
+fn a_retried_request_carries_the_forwarded_headers_once() {
+    let live = Upstream::start("live");
+    let dead = free_addr();
+    let d = Drawbridge::start(&format!(
+        "listeners:\n  - {{ name: web, listen: \"{{web}}\" }}\nsites:\n  - {{ name: app, backend: app }}\nbackends:\n  - name: app\n    sticky: {{ cookie: SERVERID }}\n    servers:\n      - {{ name: dead, addr: \"{dead}\" }}\n      - {{ name: live, addr: \"{}\" }}\n",
+        live.addr
+    ));
+    // Each new client goes to the dead server first (a retry moves the
+    // round-robin counter on too), then to the live one.
+    for i in 0..4 {
+        let r = d.send(
+            Request::new("GET", "/headers")
+                .header("X-Forwarded-For", "198.51.100.7")
+                .header("Cookie", "other=1; SERVERID=nobody; DRAWBRIDGE_BYPASS=x"),
+        );
+        assert_eq!(r.status, 200, "request {i}");
+        let t = r.text();
+        let xff: Vec<&str> = t
+            .lines()
+            .filter(|l| l.starts_with("x-forwarded-for:"))
+            .collect();
+        assert_eq!(xff, ["x-forwarded-for: 198.51.100.7, 127.0.0.1"], "{t}");
+        let cookies: Vec<&str> = t.lines().filter(|l| l.starts_with("cookie:")).collect();
+        assert_eq!(cookies, ["cookie: other=1"], "{t}");
+    }
+    let m = d.metrics_text();
+    assert!(
+        m.contains("drawbridge_upstream_connect_errors_total{backend=\"app\",server=\"dead\"} 4"),
+        "{m}"
+    );
+}
+
 #[test]
 fn bad_cookies_and_odd_hosts_never_break_requests() {
     let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));

@@ -2,10 +2,10 @@
 //!
 //! - `request_filter`: route to a site, find the client address, pass the
 //!   maintenance gate (or answer the maintenance page), read the sticky
-//!   cookie and choose a server (or answer the error page).
+//!   cookie, choose a server (or answer the error page) and edit the
+//!   request for it: strip our cookies, add X-Forwarded-*.
 //! - `upstream_peer`: the chosen server; on a retried connect failure, the
 //!   next one.
-//! - `upstream_request_filter`: strip our cookies, add X-Forwarded-*.
 //! - `response_filter`: pin a new or redispatched client with Set-Cookie.
 //! - `logging`: in-flight bookkeeping, metrics, the access log.
 
@@ -193,6 +193,36 @@ impl Proxy {
         }
     }
 
+    /// Edit the client's request into the one the server gets: our
+    /// cookies removed, X-Forwarded-For/Proto/Host set. Done once on the
+    /// downstream header, before Pingora copies it for each upstream
+    /// attempt: the copy is then made without Pingora's header-case map,
+    /// and a retry on another server does not append to X-Forwarded-For
+    /// twice.
+    fn forwarded_headers(&self, req: &mut RequestHeader, ctx: &Ctx) {
+        let peer = ctx.peer;
+        let site = &self.rt.config.sites[ctx.site];
+        let sticky_name = self.rt.config.backends[ctx.backend]
+            .sticky
+            .as_ref()
+            .map(|s| s.cookie.as_str());
+        let our_cookies = ctx.our_cookies;
+        headers::edit_request(req, 3, |h| {
+            if our_cookies {
+                let names: SmallVec<[&str; 2]> = sticky_name
+                    .into_iter()
+                    .chain([site.bypass_cookie.as_str()])
+                    .collect();
+                headers::strip_cookies(h, &names);
+            }
+            headers::append_forwarded_for(h, peer);
+            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            if let Some(host) = h.get(HOST).cloned() {
+                h.insert(X_FORWARDED_HOST, host);
+            }
+        });
+    }
+
     /// The site's error page: 503 when no server could take the request,
     /// 502 or 504 when the one that took it failed.
     async fn error_page(&self, session: &mut Session, ctx: &mut Ctx, status: u16) -> Result<()> {
@@ -371,6 +401,7 @@ impl ProxyHttp for Proxy {
         match self.choose(ctx) {
             Some(s) => {
                 self.assign(ctx, s);
+                self.forwarded_headers(session.req_header_mut(), ctx);
                 Ok(false)
             }
             None => {
@@ -476,37 +507,6 @@ impl ProxyHttp for Proxy {
             error_code: code,
             can_reuse_downstream: false,
         }
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
-        up: &mut RequestHeader,
-        ctx: &mut Box<Ctx>,
-    ) -> Result<()> {
-        let peer = ctx.peer;
-        let host = session.req_header().headers.get(HOST).cloned();
-        let site = &self.rt.config.sites[ctx.site];
-        let sticky_name = self.rt.config.backends[ctx.backend]
-            .sticky
-            .as_ref()
-            .map(|s| s.cookie.as_str());
-        let our_cookies = ctx.our_cookies;
-        headers::edit_request(up, 3, |h| {
-            if our_cookies {
-                let names: SmallVec<[&str; 2]> = sticky_name
-                    .into_iter()
-                    .chain([site.bypass_cookie.as_str()])
-                    .collect();
-                headers::strip_cookies(h, &names);
-            }
-            headers::append_forwarded_for(h, peer);
-            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-            if let Some(host) = host {
-                h.insert(X_FORWARDED_HOST, host);
-            }
-        });
-        Ok(())
     }
 
     async fn response_filter(
