@@ -82,6 +82,18 @@ fn a_client_keeping_its_cookie_stays_and_the_app_never_sees_it() {
             "{sent}: the app saw our cookie: {echoed}"
         );
     }
+    // With nothing but our cookies, the app gets no Cookie header at all.
+    let echoed = d
+        .send(
+            Request::new("GET", "/headers")
+                .header(
+                    "Cookie",
+                    format!("SERVERID={cookie}; DRAWBRIDGE_BYPASS=abc"),
+                )
+                .header("Cookie", "SERVERID=x"),
+        )
+        .text();
+    assert!(!echoed.to_ascii_lowercase().contains("cookie"), "{echoed}");
 }
 
 #[test]

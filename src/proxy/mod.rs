@@ -98,6 +98,8 @@ pub struct Ctx {
     /// Whether the request carries the sticky or the bypass cookie, which
     /// are removed before it goes upstream.
     our_cookies: bool,
+    /// Whether its `Cookie` headers carry anything besides ours.
+    other_cookies: bool,
     server: Option<usize>,
     tier: Option<Tier>,
     tried: SmallVec<[usize; 4]>,
@@ -206,9 +208,12 @@ impl Proxy {
             .sticky
             .as_ref()
             .map(|s| s.cookie.as_str());
-        let our_cookies = ctx.our_cookies;
+        let (our_cookies, other_cookies) = (ctx.our_cookies, ctx.other_cookies);
         headers::edit_request(req, 3, |h| {
-            if our_cookies {
+            if our_cookies && !other_cookies {
+                // Nothing but our cookies: no Cookie header is left.
+                h.remove(COOKIE);
+            } else if our_cookies {
                 let names: SmallVec<[&str; 2]> = sticky_name
                     .into_iter()
                     .chain([site.bypass_cookie.as_str()])
@@ -307,6 +312,7 @@ impl ProxyHttp for Proxy {
             bypass: None,
             bypass_cookie: None,
             our_cookies: false,
+            other_cookies: false,
             server: None,
             tier: None,
             tried: SmallVec::new(),
@@ -351,11 +357,13 @@ impl ProxyHttp for Proxy {
         };
         let backend = &rt.config.backends[site.backend];
         let sticky_cookie = backend.sticky.as_ref().map(|st| st.cookie.as_str());
-        let [bypass_cookie, sticky_value] = sticky::find_each(
+        let cookies = sticky::find_each(
             header_bytes(req, COOKIE),
             [Some(site.bypass_cookie.as_str()), sticky_cookie],
         );
+        let [bypass_cookie, sticky_value] = cookies.values;
         ctx.our_cookies = bypass_cookie.is_some() || sticky_value.is_some();
+        ctx.other_cookies = cookies.others;
         ctx.bypass_cookie = bypass_cookie.map(Bytes::copy_from_slice);
         if let Some(v) = sticky_value {
             ctx.cookie_server = backend.servers.iter().position(|s| s.id.as_bytes() == v);

@@ -18,19 +18,16 @@ pub fn server_id(backend: &str, server: &str) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Iterate the `name=value` pairs of one `Cookie` header value. Malformed
-/// pieces (no `=`) are skipped, as browsers do.
-pub fn pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    header.split(|&b| b == b';').filter_map(|piece| {
-        let piece = trim(piece);
-        let eq = piece.iter().position(|&b| b == b'=')?;
-        let (name, value) = (trim(&piece[..eq]), trim(&piece[eq + 1..]));
-        let value = value
-            .strip_prefix(b"\"")
-            .and_then(|v| v.strip_suffix(b"\""))
-            .unwrap_or(value);
-        Some((name, value))
-    })
+/// The `name` and `value` of one `Cookie` piece (already trimmed), or
+/// `None` for a malformed piece without `=` (skipped, as browsers do).
+fn pair(piece: &[u8]) -> Option<(&[u8], &[u8])> {
+    let eq = piece.iter().position(|&b| b == b'=')?;
+    let (name, value) = (trim(&piece[..eq]), trim(&piece[eq + 1..]));
+    let value = value
+        .strip_prefix(b"\"")
+        .and_then(|v| v.strip_suffix(b"\""))
+        .unwrap_or(value);
+    Some((name, value))
 }
 
 fn trim(s: &[u8]) -> &[u8] {
@@ -51,23 +48,48 @@ fn trim_bounds(s: &[u8]) -> (usize, usize) {
     (start, end)
 }
 
+/// What one pass over the `Cookie` headers found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Found<'a, const N: usize> {
+    /// The first value of each cookie looked for.
+    pub values: [Option<&'a [u8]>; N],
+    /// Whether the headers hold anything else: other cookies, or pieces
+    /// that are not `name=value` (which [`strip`] keeps as well).
+    pub others: bool,
+}
+
 /// The first value of each cookie in `names` (`None` names are not looked
-/// for), in one pass over the `Cookie` header values.
+/// for), in one pass over the `Cookie` header values, and whether anything
+/// else is there.
 pub fn find_each<'a, const N: usize>(
     headers: impl IntoIterator<Item = &'a [u8]>,
     names: [Option<&str>; N],
-) -> [Option<&'a [u8]>; N] {
-    let mut found = [None; N];
+) -> Found<'a, N> {
+    let mut found = Found {
+        values: [None; N],
+        others: false,
+    };
     let mut missing = names.iter().filter(|n| n.is_some()).count();
     for h in headers {
-        for (n, v) in pairs(h) {
-            for (slot, name) in found.iter_mut().zip(&names) {
-                if slot.is_none() && name.is_some_and(|name| name.as_bytes() == n) {
-                    *slot = Some(v);
-                    missing -= 1;
+        for piece in h.split(|&b| b == b';') {
+            let piece = trim(piece);
+            if piece.is_empty() {
+                continue;
+            }
+            let mut named = false;
+            if let Some((n, v)) = pair(piece) {
+                for (slot, name) in found.values.iter_mut().zip(&names) {
+                    if name.is_some_and(|name| name.as_bytes() == n) {
+                        named = true;
+                        if slot.is_none() {
+                            *slot = Some(v);
+                            missing -= 1;
+                        }
+                    }
                 }
             }
-            if missing == 0 {
+            found.others |= !named;
+            if missing == 0 && found.others {
                 return found;
             }
         }
@@ -153,7 +175,7 @@ mod tests {
 
     /// The first value of cookie `name` across all given `Cookie` values.
     fn find<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &str) -> Option<&'a [u8]> {
-        let [v] = find_each(headers, [Some(name)]);
+        let [v] = find_each(headers, [Some(name)]).values;
         v
     }
 
@@ -195,7 +217,7 @@ mod tests {
         let h2: &[u8] = b"S=second; =empty; C=3";
         let names = [Some("S"), Some("B"), None, Some("C"), Some("Z")];
         assert_eq!(
-            find_each([h1, h2], names),
+            find_each([h1, h2], names).values,
             [
                 Some(&b"first"[..]),
                 Some(&b"1"[..]),
@@ -206,9 +228,27 @@ mod tests {
         );
         // A missing name never matches the empty cookie name.
         assert_eq!(
-            find_each([&b"=x"[..]], [None, Some("")]),
+            find_each([&b"=x"[..]], [None, Some("")]).values,
             [None, Some(&b"x"[..])]
         );
+    }
+
+    #[test]
+    fn tells_whether_other_cookies_are_there() {
+        let names = [Some("S"), Some("B")];
+        let only_ours: [&[u8]; 2] = [b" S=1 ;B=2; ", b"S=3"];
+        assert!(!find_each(only_ours, names).others);
+        // As strip() counts them: any other piece is kept.
+        for other in [&b"S=1; a=2"[..], b"S=1; flag", b"=x; S=1", b"S"] {
+            assert!(find_each([other], names).others, "{other:?}");
+            let dropped = strip(other, &["S", "B"]);
+            assert_ne!(dropped.as_deref(), Some(&b""[..]), "{other:?}");
+        }
+        assert_eq!(strip(b" S=1 ;B=2; ", &["S", "B"]), Some(Vec::new()));
+        // Found early: other cookies and every name, wherever they are.
+        let f = find_each([&b"x=1; B=2; S=3; S=4"[..]], names);
+        assert_eq!(f.values, [Some(&b"3"[..]), Some(&b"2"[..])]);
+        assert!(f.others);
     }
 
     #[test]
