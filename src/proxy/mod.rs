@@ -72,6 +72,17 @@ impl Proxy {
     }
 }
 
+/// What the request's `Cookie` headers hold of ours (the sticky and the
+/// bypass cookie), which the server must not see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OurCookies {
+    None,
+    /// Ours and nothing else: the headers go.
+    Only,
+    /// Ours among others: ours are cut out.
+    Among,
+}
+
 /// How a request was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
@@ -86,8 +97,6 @@ pub struct Ctx {
     snap: Option<Arc<Snapshot>>,
     site: usize,
     backend: usize,
-    /// The socket peer's address (the last hop, for X-Forwarded-For).
-    peer: Option<IpAddr>,
     /// The client: the peer, or the address trusted proxies forwarded.
     client: IpAddr,
     /// The server the sticky cookie names, if it is one of this backend's.
@@ -95,11 +104,6 @@ pub struct Ctx {
     /// Whether the request bypasses maintenance; computed when needed.
     bypass: Option<Option<Bypass>>,
     bypass_cookie: Option<Bytes>,
-    /// Whether the request carries the sticky or the bypass cookie, which
-    /// are removed before it goes upstream.
-    our_cookies: bool,
-    /// Whether its `Cookie` headers carry anything besides ours.
-    other_cookies: bool,
     server: Option<usize>,
     tier: Option<Tier>,
     tried: SmallVec<[usize; 4]>,
@@ -201,24 +205,31 @@ impl Proxy {
     /// attempt: the copy is then made without Pingora's header-case map,
     /// and a retry on another server does not append to X-Forwarded-For
     /// twice.
-    fn forwarded_headers(&self, req: &mut RequestHeader, ctx: &Ctx) {
-        let peer = ctx.peer;
+    fn forwarded_headers(
+        &self,
+        req: &mut RequestHeader,
+        ctx: &Ctx,
+        peer: Option<IpAddr>,
+        ours: OurCookies,
+    ) {
         let site = &self.rt.config.sites[ctx.site];
         let sticky_name = self.rt.config.backends[ctx.backend]
             .sticky
             .as_ref()
             .map(|s| s.cookie.as_str());
-        let (our_cookies, other_cookies) = (ctx.our_cookies, ctx.other_cookies);
         headers::edit_request(req, 3, |h| {
-            if our_cookies && !other_cookies {
-                // Nothing but our cookies: no Cookie header is left.
-                h.remove(COOKIE);
-            } else if our_cookies {
-                let names: SmallVec<[&str; 2]> = sticky_name
-                    .into_iter()
-                    .chain([site.bypass_cookie.as_str()])
-                    .collect();
-                headers::strip_cookies(h, &names);
+            match ours {
+                OurCookies::None => {}
+                OurCookies::Only => {
+                    h.remove(COOKIE);
+                }
+                OurCookies::Among => {
+                    let names: SmallVec<[&str; 2]> = sticky_name
+                        .into_iter()
+                        .chain([site.bypass_cookie.as_str()])
+                        .collect();
+                    headers::strip_cookies(h, &names);
+                }
             }
             headers::append_forwarded_for(h, peer);
             h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -306,13 +317,10 @@ impl ProxyHttp for Proxy {
             snap: None,
             site: 0,
             backend: 0,
-            peer: None,
             client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             cookie_server: None,
             bypass: None,
             bypass_cookie: None,
-            our_cookies: false,
-            other_cookies: false,
             server: None,
             tier: None,
             tried: SmallVec::new(),
@@ -340,11 +348,12 @@ impl ProxyHttp for Proxy {
         let site = &rt.config.sites[site_idx];
         ctx.site = site_idx;
         ctx.backend = site.backend;
-        ctx.peer = session
+        // The socket peer: the last hop, appended to X-Forwarded-For.
+        let last_hop = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let peer = ctx.peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let peer = last_hop.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let req = session.req_header();
         ctx.client = if rt.config.trusted_proxies.is_empty() {
             peer
@@ -362,8 +371,14 @@ impl ProxyHttp for Proxy {
             [Some(site.bypass_cookie.as_str()), sticky_cookie],
         );
         let [bypass_cookie, sticky_value] = cookies.values;
-        ctx.our_cookies = bypass_cookie.is_some() || sticky_value.is_some();
-        ctx.other_cookies = cookies.others;
+        let ours = match (
+            bypass_cookie.is_some() || sticky_value.is_some(),
+            cookies.others,
+        ) {
+            (false, _) => OurCookies::None,
+            (true, false) => OurCookies::Only,
+            (true, true) => OurCookies::Among,
+        };
         ctx.bypass_cookie = bypass_cookie.map(Bytes::copy_from_slice);
         if let Some(v) = sticky_value {
             ctx.cookie_server = backend.servers.iter().position(|s| s.id.as_bytes() == v);
@@ -409,7 +424,7 @@ impl ProxyHttp for Proxy {
         match self.choose(ctx) {
             Some(s) => {
                 self.assign(ctx, s);
-                self.forwarded_headers(session.req_header_mut(), ctx);
+                self.forwarded_headers(session.req_header_mut(), ctx, last_hop, ours);
                 Ok(false)
             }
             None => {
