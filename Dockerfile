@@ -16,15 +16,26 @@
 FROM rust:1-bookworm AS builder
 
 # cmake: needed by the native zlib-ng build of a Pingora dependency.
+# wrk, curl and llvm-tools: the profile-guided optimisation's training run.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get install -y --no-install-recommends cmake wrk curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && rustup component add llvm-tools
 
 WORKDIR /src
 COPY . .
-# The production profile: fat LTO, a slower build for a cheaper proxy.
-RUN cargo build --profile production --locked \
- && cp target/production/drawbridge /usr/local/bin/drawbridge
+# The production profile (fat LTO) with profile-guided optimisation: an
+# instrumented build serves a short loopback training load, then the final
+# build uses its profile (deploy/pgo/build.sh; about 1.3x the requests per
+# CPU-second of the plain build). `--build-arg PGO=0` builds without it.
+ARG PGO=1
+RUN if [ "$PGO" = 1 ]; then \
+      CARGO_FLAGS=--locked NO_INSTALL=1 deploy/pgo/build.sh \
+      && cp target/pgo/production/drawbridge /usr/local/bin/drawbridge; \
+    else \
+      cargo build --profile production --locked \
+      && cp target/production/drawbridge /usr/local/bin/drawbridge; \
+    fi
 
 # -------------------------------------------------------------- runtime stage
 FROM debian:bookworm-slim

@@ -78,6 +78,14 @@ fn the_default_config_passes_check() {
     assert_check_ok("conf/drawbridge.yaml", &[]);
 }
 
+#[test]
+fn the_build_and_benchmark_configs_pass_check() {
+    // The image build trains the optimised binary on deploy/pgo/train.yaml;
+    // the benchmark runs bench/drawbridge.yaml.
+    assert_check_ok("deploy/pgo/train.yaml", &[]);
+    assert_check_ok("bench/drawbridge.yaml", &[]);
+}
+
 // ------------------------------------------------------------- Dockerfile
 
 /// One `COPY`/`ADD` of the Dockerfile.
@@ -126,6 +134,40 @@ fn instruction_args(rest: &str) -> Vec<String> {
             .unwrap_or_else(|e| panic!("bad JSON form {rest:?}: {e}"))
     } else {
         rest.split_whitespace().map(str::to_string).collect()
+    }
+}
+
+/// The repository scripts (`*.sh`) the Dockerfile's `RUN` instructions call.
+fn dockerfile_scripts() -> Vec<String> {
+    dockerfile_instructions(&read(&repo_path("Dockerfile")))
+        .iter()
+        .filter_map(|ins| ins.strip_prefix("RUN "))
+        .flat_map(|rest| rest.split(|c: char| c.is_whitespace() || c == ';'))
+        .filter(|w| w.ends_with(".sh") && !w.starts_with('/') && !w.starts_with('$'))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_script_the_image_build_runs_is_in_the_repository_and_executable() {
+    use std::os::unix::fs::PermissionsExt;
+    let scripts = dockerfile_scripts();
+    assert!(
+        scripts.iter().any(|s| s == "deploy/pgo/build.sh"),
+        "the image is built through deploy/pgo/build.sh (PGO): {scripts:?}"
+    );
+    let ignored = dockerignore();
+    for s in scripts {
+        let meta = std::fs::metadata(repo_path(&s))
+            .unwrap_or_else(|e| panic!("the Dockerfile runs {s}: {e}"));
+        assert!(
+            meta.permissions().mode() & 0o111 != 0,
+            "the Dockerfile runs {s}, which is not executable"
+        );
+        assert!(
+            !ignored.iter().any(|pat| s.starts_with(pat.as_str())),
+            "the Dockerfile runs {s}, but .dockerignore excludes it"
+        );
     }
 }
 
