@@ -20,8 +20,12 @@
 #                      NO_INSTALL=1  never apt-get install; fail if a tool is missing
 #                      BUILD_PROFILE cargo profile both Pingora proxies are built with
 #                                    (production: fat LTO, what the container ships)
-#                      NO_BUILD=1    use the binaries already in target/$BUILD_PROFILE
-#                      MAX_SECONDS   hard limit for the whole run, build included (1800)
+#                      PGO           1 (default, production profile only): build both
+#                                    with profile-guided optimisation (deploy/pgo/build.sh
+#                                    --bare, as the container); 0: the plain profile
+#                      NO_BUILD=1    use the binaries already built (target/pgo and
+#                                    target/pgo-bare with PGO, else target/$BUILD_PROFILE)
+#                      MAX_SECONDS   hard limit for the whole run, build included (2700)
 #                      QUIET_WAIT    before each measurement, wait up to this many
 #                                    seconds for the machine to be idle (0)
 #                      QUIET_PCT     "idle" means at most this % CPU busy (15)
@@ -40,7 +44,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 IDLE_CONNS=${IDLE_CONNS:-5000}
 PROXIES=${PROXIES:-haproxy,drawbridge,bare}
 WORKLOADS=${WORKLOADS:-new,sticky,maint,idle}
-MAX_SECONDS=${MAX_SECONDS:-1800}
+MAX_SECONDS=${MAX_SECONDS:-2700}
 QUIET_WAIT=${QUIET_WAIT:-0}
 QUIET_PCT=${QUIET_PCT:-15}
 BARE_FLAGS=${BARE_FLAGS:-}
@@ -48,6 +52,8 @@ BUILD_TIMEOUT=${BUILD_TIMEOUT:-1800}
 NO_INSTALL=${NO_INSTALL:-0}
 NO_BUILD=${NO_BUILD:-0}
 BUILD_PROFILE=${BUILD_PROFILE:-production}
+PGO=${PGO:-1}
+[[ $BUILD_PROFILE == production ]] || PGO=0
 INSTRUCTIONS=${INSTRUCTIONS:-0}
 
 usage() { sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
@@ -81,8 +87,13 @@ HAPROXY_SOCK=/tmp/anchor-haproxy.sock
 HAPROXY_PAGE=/tmp/anchor-maintenance.html
 DRAWBRIDGE_STATE=/tmp/bench-drawbridge-state.json
 DRAWBRIDGE_CONF=$BENCH_DIR/drawbridge.yaml
-DRAWBRIDGE_BIN=${DRAWBRIDGE_BIN:-$REPO_DIR/target/$BUILD_PROFILE/drawbridge}
-BARE_BIN=$REPO_DIR/target/$BUILD_PROFILE/examples/bare_pingora
+if [[ $PGO = 1 ]]; then
+    DRAWBRIDGE_BIN=${DRAWBRIDGE_BIN:-$REPO_DIR/target/pgo/production/drawbridge}
+    BARE_BIN=$REPO_DIR/target/pgo-bare/production/examples/bare_pingora
+else
+    DRAWBRIDGE_BIN=${DRAWBRIDGE_BIN:-$REPO_DIR/target/$BUILD_PROFILE/drawbridge}
+    BARE_BIN=$REPO_DIR/target/$BUILD_PROFILE/examples/bare_pingora
+fi
 ALL_PROXIES=(haproxy drawbridge bare)
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -306,6 +317,15 @@ build() {
     cd "$REPO_DIR"
     if [[ $NO_BUILD = 1 ]]; then
         log "NO_BUILD=1: using binaries already built"
+    elif [[ $PGO = 1 ]]; then
+        # drawbridge is built either way: the training runs its demo upstreams.
+        log "building drawbridge and bare_pingora with PGO (deploy/pgo/build.sh --bare; log: $RUN_DIR/build.log)"
+        if ! timeout "$BUILD_TIMEOUT" "$REPO_DIR/deploy/pgo/build.sh" --bare >"$RUN_DIR/build.log" 2>&1; then
+            tail -n 15 "$RUN_DIR/build.log" >&2
+            note "the PGO build failed (log: $RUN_DIR/build.log); PGO=0 measures the plain build"
+            drop drawbridge "the PGO build failed"
+            drop bare "the PGO build failed"
+        fi
     elif wants drawbridge; then
         log "building drawbridge and bare_pingora (cargo build --profile $BUILD_PROFILE)"
         if ! timeout "$BUILD_TIMEOUT" cargo build --profile "$BUILD_PROFILE" --bin drawbridge --example bare_pingora \
@@ -743,7 +763,7 @@ sleep 2  # at least one health-check pass for both proxies
     echo "quiet_wait=$QUIET_WAIT"
     echo "quiet_pct=$QUIET_PCT"
     echo "bare_flags=$BARE_FLAGS"
-    echo "profile=$BUILD_PROFILE"
+    echo "profile=$BUILD_PROFILE$([[ $PGO = 1 ]] && echo +pgo)"
     echo "haproxy=$(haproxy -v 2>/dev/null | head -n1)"
     echo "nginx=$(nginx -v 2>&1 | head -n1)"
     echo "wrk=$(wrk -v 2>&1 | head -n1)"
