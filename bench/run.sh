@@ -56,7 +56,7 @@ PGO=${PGO:-1}
 [[ $BUILD_PROFILE == production ]] || PGO=0
 INSTRUCTIONS=${INSTRUCTIONS:-0}
 
-usage() { sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -317,14 +317,14 @@ build() {
     cd "$REPO_DIR"
     if [[ $NO_BUILD = 1 ]]; then
         log "NO_BUILD=1: using binaries already built"
-    elif [[ $PGO = 1 ]]; then
+    elif [[ $PGO = 1 ]] && { wants drawbridge || wants bare; }; then
         # drawbridge is built either way: the training runs its demo upstreams.
         log "building drawbridge and bare_pingora with PGO (deploy/pgo/build.sh --bare; log: $RUN_DIR/build.log)"
         if ! timeout "$BUILD_TIMEOUT" "$REPO_DIR/deploy/pgo/build.sh" --bare >"$RUN_DIR/build.log" 2>&1; then
             tail -n 15 "$RUN_DIR/build.log" >&2
             note "the PGO build failed (log: $RUN_DIR/build.log); PGO=0 measures the plain build"
-            drop drawbridge "the PGO build failed"
-            drop bare "the PGO build failed"
+            if wants drawbridge; then drop drawbridge "the PGO build failed"; fi
+            if wants bare; then drop bare "the PGO build failed"; fi
         fi
     elif wants drawbridge; then
         log "building drawbridge and bare_pingora (cargo build --profile $BUILD_PROFILE)"

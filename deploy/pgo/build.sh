@@ -105,6 +105,15 @@ wait_code() {  # URL CODE: wait up to 20 s for CODE
     done
     die "$1 did not answer $2"
 }
+stop() {  # PID...: SIGINT (the profile is written on exit), SIGKILL after 15 s
+    local p i
+    kill -INT "$@" 2>/dev/null || true
+    for p in "$@"; do
+        for i in $(seq 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
+}
 load() {  # wrk arguments...
     wrk -t1 -c32 -d"${TRAIN_SECONDS}s" "$@" | awk '/Requests\/sec/ {print "pgo:   " $0}' >&2
 }
@@ -152,8 +161,7 @@ load "${BROWSER[@]}" -H "Cookie: $bypass; $sticky" "http://$PROXY/"
 curl -sf -o /dev/null -X PUT -H 'Content-Type: application/json' -d '{"enabled":false}' \
     "http://$ADMIN/api/v1/sites/app/maintenance" || die "cannot switch maintenance off"
 curl -sf -o /dev/null "http://$ADMIN/api/v1/status" || true
-kill -INT "$DB_PID"
-wait "$DB_PID" 2>/dev/null || true
+stop "$DB_PID"
 
 if [[ $WITH_BARE = 1 ]]; then
     log "training bare_pingora"
@@ -179,8 +187,7 @@ if [[ $WITH_BARE = 1 ]]; then
     load -s "$PGO_DIR/post.lua" -H "Cookie: $sticky" "http://$BARE/comments"
     load "${BROWSER[@]}" "http://$BARE_MAINT/"
     load -H "Accept: application/json" "http://$BARE_MAINT/api/items"
-    kill -INT "$B1" "$B2"
-    wait "$B1" "$B2" 2>/dev/null || true
+    stop "$B1" "$B2"
 fi
 
 # ---- 3. merge and optimised builds ------------------------------------------------------
