@@ -122,6 +122,21 @@ BROWSER=(-H "User-Agent: Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/
     -H "Accept-Language: en-US,en;q=0.5" -H "Accept-Encoding: gzip, deflate"
     -H "Connection: keep-alive")
 
+# The loads both proxies are trained on; $sticky is drawbridge's cookie for app-01.
+proxied_loads() {  # BASE_URL
+    load "${BROWSER[@]}" "$1/"
+    load "${BROWSER[@]}" "$1/account/orders?page=2&sort=date"
+    load "$1/api/items"  # API clients and probes: few headers
+    load "${BROWSER[@]}" -H "Cookie: $sticky" "$1/"
+    load -H "Cookie: $sticky" "$1/api/items"
+    load "${BROWSER[@]}" -H "Cookie: theme=dark; $sticky; _session=3f2a9c" "$1/cart"
+    load -s "$PGO_DIR/post.lua" -H "Cookie: $sticky" "$1/comments"
+}
+maintenance_loads() {  # BASE_URL
+    load "${BROWSER[@]}" "$1/"
+    load -H "Accept: application/json" "$1/api/items"
+}
+
 # The upstream apps are the same instrumented binary; their profile is dropped.
 for up in "app-01 $UP1" "app-02 $UP2"; do
     set -- $up
@@ -140,20 +155,13 @@ DB_PID=$!
 PIDS+=("$DB_PID")
 wait_code "http://$PROXY/" 200
 log "training drawbridge (${TRAIN_SECONDS}s per load)"
-load "${BROWSER[@]}" "http://$PROXY/"
-load "${BROWSER[@]}" "http://$PROXY/account/orders?page=2&sort=date"
-load "http://$PROXY/api/items"  # API clients and probes: few headers
 sticky=$(curl -s -o /dev/null -D - "http://$PROXY/" | sed -n 's/^[Ss]et-[Cc]ookie: \(SERVERID=[^;]*\).*/\1/p')
 [[ -n $sticky ]] || die "no sticky cookie from the trained proxy"
-load "${BROWSER[@]}" -H "Cookie: $sticky" "http://$PROXY/"
-load -H "Cookie: $sticky" "http://$PROXY/api/items"
-load "${BROWSER[@]}" -H "Cookie: theme=dark; $sticky; _session=3f2a9c" "http://$PROXY/cart"
-load -s "$PGO_DIR/post.lua" -H "Cookie: $sticky" "http://$PROXY/comments"
+proxied_loads "http://$PROXY"
 curl -sf -o /dev/null -X PUT -H 'Content-Type: application/json' -d '{"enabled":true}' \
     "http://$ADMIN/api/v1/sites/app/maintenance" || die "cannot switch maintenance on"
 wait_code "http://$PROXY/" 503
-load "${BROWSER[@]}" "http://$PROXY/"
-load -H "Accept: application/json" "http://$PROXY/api/items"
+maintenance_loads "http://$PROXY"
 bypass=$(curl -sf -X POST -H 'Content-Type: application/json' -d '{}' \
     "http://$ADMIN/api/v1/sites/app/bypass-tokens" | sed -n 's/.*"cookie": *"\([^"]*\)".*/\1/p')
 [[ -n $bypass ]] || die "no bypass token from the admin API"
@@ -179,14 +187,8 @@ if [[ $WITH_BARE = 1 ]]; then
     PIDS+=("$B1" "$B2")
     wait_code "http://$BARE/" 200
     wait_code "http://$BARE_MAINT/" 503
-    load "${BROWSER[@]}" "http://$BARE/"
-    load "${BROWSER[@]}" "http://$BARE/account/orders?page=2&sort=date"
-    load "http://$BARE/api/items"
-    load -H "Cookie: $sticky" "http://$BARE/api/items"
-    load "${BROWSER[@]}" -H "Cookie: theme=dark; $sticky; _session=3f2a9c" "http://$BARE/cart"
-    load -s "$PGO_DIR/post.lua" -H "Cookie: $sticky" "http://$BARE/comments"
-    load "${BROWSER[@]}" "http://$BARE_MAINT/"
-    load -H "Accept: application/json" "http://$BARE_MAINT/api/items"
+    proxied_loads "http://$BARE"
+    maintenance_loads "http://$BARE_MAINT"
     stop "$B1" "$B2"
 fi
 

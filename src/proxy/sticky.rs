@@ -113,11 +113,8 @@ pub fn strip(header: &[u8], drop: &[&str]) -> Option<Vec<u8>> {
         if trimmed.is_empty() {
             continue;
         }
-        let named = trimmed
-            .iter()
-            .position(|&b| b == b'=')
-            .map(|eq| trim(&trimmed[..eq]))
-            .is_some_and(|n| drop.iter().any(|d| d.as_bytes() == n));
+        // Named as find_each names it, so both agree on what is ours.
+        let named = pair(trimmed).is_some_and(|(n, _)| drop.iter().any(|d| d.as_bytes() == n));
         if named {
             dropped = true;
         } else {
