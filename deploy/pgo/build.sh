@@ -48,11 +48,17 @@ log() { echo "pgo: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 PIDS=()
+stop() {  # PID...: SIGINT (the profile is written on exit), SIGKILL after 15 s
+    local p i
+    kill -INT "$@" 2>/dev/null || true
+    for p in "$@"; do
+        for i in $(seq 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
+}
 cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-    sleep 1
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    stop "${PIDS[@]}"
     rm -f "$STATE"
 }
 trap cleanup EXIT
@@ -104,15 +110,6 @@ wait_code() {  # URL CODE: wait up to 20 s for CODE
         sleep 0.2
     done
     die "$1 did not answer $2"
-}
-stop() {  # PID...: SIGINT (the profile is written on exit), SIGKILL after 15 s
-    local p i
-    kill -INT "$@" 2>/dev/null || true
-    for p in "$@"; do
-        for i in $(seq 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
 }
 load() {  # wrk arguments...
     wrk -t1 -c32 -d"${TRAIN_SECONDS}s" "$@" | awk '/Requests\/sec/ {print "pgo:   " $0}' >&2
@@ -173,16 +170,17 @@ stop "$DB_PID"
 
 if [[ $WITH_BARE = 1 ]]; then
     log "training bare_pingora"
-    LLVM_PROFILE_FILE=$DATA_DIR/bare-%p.profraw RUST_LOG=warn \
-        "$GEN/examples/bare_pingora" --listen "$BARE" --upstream "$UP1" --upstream "$UP2" \
-        --pid-file /tmp/drawbridge-pgo-bare.pid --upgrade-sock /tmp/drawbridge-pgo-bare.sock \
-        >"$DATA_DIR/scratch/bare.log" 2>&1 &
+    start_bare() {  # NAME LISTEN ARGS...: an instrumented bare_pingora; its pid in $!
+        local name=$1 listen=$2
+        shift 2
+        LLVM_PROFILE_FILE=$DATA_DIR/bare-%p.profraw RUST_LOG=warn \
+            "$GEN/examples/bare_pingora" --listen "$listen" "$@" \
+            --pid-file "/tmp/drawbridge-pgo-$name.pid" --upgrade-sock "/tmp/drawbridge-pgo-$name.sock" \
+            >"$DATA_DIR/scratch/$name.log" 2>&1 &
+    }
+    start_bare bare "$BARE" --upstream "$UP1" --upstream "$UP2"
     B1=$!
-    LLVM_PROFILE_FILE=$DATA_DIR/bare-%p.profraw RUST_LOG=warn \
-        "$GEN/examples/bare_pingora" --listen "$BARE_MAINT" --maintenance --upstream "$UP1" \
-        --pid-file /tmp/drawbridge-pgo-bare-maint.pid \
-        --upgrade-sock /tmp/drawbridge-pgo-bare-maint.sock \
-        >"$DATA_DIR/scratch/bare-maint.log" 2>&1 &
+    start_bare bare-maint "$BARE_MAINT" --maintenance --upstream "$UP1"
     B2=$!
     PIDS+=("$B1" "$B2")
     wait_code "http://$BARE/" 200
