@@ -329,6 +329,9 @@ impl ProxyHttp for Proxy {
         })
     }
 
+    /// The local answers (no site, maintenance, error page) run in futures
+    /// of their own: this one, moved into a new box for every request,
+    /// then holds a pointer instead of their whole state.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<bool> {
         let rt = &self.rt;
         let req = session.req_header();
@@ -342,7 +345,13 @@ impl ProxyHttp for Proxy {
         let Some(site_idx) = rt.router.route(host.flatten()) else {
             ctx.answer = Answer::NoSite;
             let body = Bytes::from_static(b"no site is configured for this host\n");
-            pages::respond(session, 404, "text/plain; charset=utf-8", body).await?;
+            Box::pin(pages::respond(
+                session,
+                404,
+                "text/plain; charset=utf-8",
+                body,
+            ))
+            .await?;
             return Ok(true);
         };
         let site = &rt.config.sites[site_idx];
@@ -415,8 +424,11 @@ impl ProxyHttp for Proxy {
                     } else {
                         (page.html_head.clone(), page.html.clone())
                     };
-                    discard_small_body(session).await;
-                    pages::send(session, head, body).await?;
+                    Box::pin(async {
+                        discard_small_body(session).await;
+                        pages::send(session, head, body).await
+                    })
+                    .await?;
                     return Ok(true);
                 }
             }
@@ -428,7 +440,7 @@ impl ProxyHttp for Proxy {
                 Ok(false)
             }
             None => {
-                self.error_page(session, ctx, 503).await?;
+                Box::pin(self.error_page(session, ctx, 503)).await?;
                 Ok(true)
             }
         }
