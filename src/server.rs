@@ -103,7 +103,10 @@ pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
         threads: settings.threads,
         // One worker has nothing to steal from: Pingora's no-steal runtime
         // spares the multi-threaded scheduler's cross-thread wake-ups.
-        work_stealing: settings.threads > 1,
+        // Each worker thread runs its own connections to the end: the
+        // proxy's read deadlines live in a table per thread
+        // (`proxy::deadline`).
+        work_stealing: false,
         // Timeouts of a second or more (upstream read timeouts, keep-alive)
         // use tokio's timer, armed only when the wrapped I/O has to wait and
         // removed when it completes. Pingora's own 10 ms wheel (its default

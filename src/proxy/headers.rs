@@ -136,6 +136,24 @@ pub fn write_ip<B: Extend<u8>>(out: &mut B, ip: IpAddr) {
     }
 }
 
+/// Whether `resp`, the final answer to a `method` request, ends with its
+/// header (RFC 9112 §6.3): an answer to HEAD, 204, 304, or a
+/// `Content-Length` of 0. An interim (1xx) answer is not final; a 101 goes on
+/// as an upgraded connection.
+pub fn has_no_body(method: &http::Method, resp: &ResponseHeader) -> bool {
+    let status = resp.status.as_u16();
+    if status < 200 {
+        return false;
+    }
+    *method == http::Method::HEAD
+        || status == 204
+        || status == 304
+        || resp
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0")
+}
+
 /// Remove the cookies named in `names` from the `Cookie` headers; a header
 /// left empty is removed. Headers without those cookies are kept as they
 /// are.
@@ -259,6 +277,26 @@ mod tests {
         assert_eq!(resp.get_reason_phrase(), Some("Fine"));
         assert_eq!(resp.status, 200);
         assert_eq!(resp.headers.len(), 2);
+    }
+
+    #[test]
+    fn responses_without_a_body() {
+        let resp = |status: u16, len: Option<&str>| {
+            let mut r = ResponseHeader::build(status, None).unwrap();
+            if let Some(l) = len {
+                r.insert_header("Content-Length", l).unwrap();
+            }
+            r
+        };
+        let get = http::Method::GET;
+        assert!(has_no_body(&http::Method::HEAD, &resp(200, Some("10"))));
+        assert!(has_no_body(&get, &resp(204, None)));
+        assert!(has_no_body(&get, &resp(304, None)));
+        assert!(has_no_body(&get, &resp(200, Some("0"))));
+        assert!(!has_no_body(&get, &resp(200, Some("10"))));
+        assert!(!has_no_body(&get, &resp(200, None)));
+        assert!(!has_no_body(&http::Method::HEAD, &resp(100, None)));
+        assert!(!has_no_body(&get, &resp(101, None)));
     }
 
     #[test]

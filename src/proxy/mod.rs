@@ -9,6 +9,7 @@
 //! - `response_filter`: pin a new or redispatched client with Set-Cookie.
 //! - `logging`: in-flight bookkeeping, metrics, the access log.
 
+pub mod deadline;
 pub mod gate;
 pub mod headers;
 pub mod pages;
@@ -109,6 +110,14 @@ pub struct Ctx {
     tried: SmallVec<[usize; 4]>,
     peer_calls: usize,
     answer: Answer,
+    /// The upstream read deadline (`read_timeout`), once connected.
+    deadline: Option<deadline::Handle>,
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        deadline::release(self.deadline.take());
+    }
 }
 
 impl Ctx {
@@ -326,6 +335,7 @@ impl ProxyHttp for Proxy {
             tried: SmallVec::new(),
             peer_calls: 0,
             answer: Answer::Upstream,
+            deadline: None,
         })
     }
 
@@ -473,8 +483,112 @@ impl ProxyHttp for Proxy {
         let backend = &self.rt.config.backends[ctx.backend];
         let mut peer = HttpPeer::new(self.rt.live[ctx.backend][s].addr, false, String::new());
         peer.options.connection_timeout = Some(backend.connect_timeout);
-        peer.options.read_timeout = Some(backend.read_timeout);
+        // No `read_timeout` here: `deadline` enforces it (see there).
         Ok(Box::new(peer))
+    }
+
+    /// The server connection is ready: its read deadline starts.
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<()> {
+        if let Some(s) = ctx.server {
+            let timeout = self.rt.config.backends[ctx.backend].read_timeout;
+            deadline::arm(
+                &mut ctx.deadline,
+                fd,
+                self.rt.live[ctx.backend][s].addr,
+                timeout,
+            );
+        }
+        Ok(())
+    }
+
+    /// A request body chunk on its way to the server: progress.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<()> {
+        deadline::touch(ctx.deadline);
+        Ok(())
+    }
+
+    /// The response header arrived: progress, or the end of the wait when
+    /// the response has no body.
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<()> {
+        if headers::has_no_body(&session.req_header().method, resp) {
+            deadline::finish(ctx.deadline);
+        } else {
+            deadline::touch(ctx.deadline);
+        }
+        Ok(())
+    }
+
+    /// A response body chunk: progress, or the end of the wait. A response
+    /// that ends after its deadline fired was cut short (a body framed by
+    /// the connection's close would otherwise look complete): an error.
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<Option<std::time::Duration>> {
+        if end_of_stream {
+            if deadline::finish(ctx.deadline) {
+                return Error::e_explain(
+                    ErrorType::ReadTimedout,
+                    "response body cut off by read_timeout",
+                );
+            }
+        } else {
+            deadline::touch(ctx.deadline);
+        }
+        Ok(None)
+    }
+
+    /// Pingora's retry decision (not for a request that is not idempotent
+    /// or whose body was not kept; only on a reused connection), except
+    /// that a request whose read deadline fired is a read timeout and is
+    /// never retried: the server may be working on it.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Box<Ctx>,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if deadline::finish(ctx.deadline) {
+            let mut t = Error::because(
+                ErrorType::ReadTimedout,
+                format!("nothing from {} within read_timeout", peer._address),
+                e,
+            );
+            t.set_retry(false);
+            return t.into_up();
+        }
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
     }
 
     fn fail_to_connect(
@@ -584,6 +698,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<Ctx>) {
+        deadline::release(ctx.deadline.take());
         let rt = &self.rt;
         if let Some(s) = ctx.server {
             rt.metrics.servers[ctx.backend][s].inflight.dec();
