@@ -237,7 +237,15 @@ pub fn arm(h: &mut Option<Handle>, fd: RawFd, server: SocketAddr, timeout: Durat
         start
     });
     if start == Some(true) {
-        tokio::spawn(sweep());
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(sweep());
+            }
+            Err(e) => {
+                log::warn!("read_timeout: no runtime to check deadlines on: {e}");
+                with(|t| t.sweeping = false);
+            }
+        }
     }
 }
 

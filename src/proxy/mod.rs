@@ -513,11 +513,13 @@ impl ProxyHttp for Proxy {
     async fn request_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
-        deadline::touch(ctx.deadline);
+        if body.as_ref().is_some_and(|b| !b.is_empty()) {
+            deadline::touch(ctx.deadline);
+        }
         Ok(())
     }
 
