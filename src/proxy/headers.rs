@@ -13,6 +13,7 @@
 use http::header::{Entry, HeaderMap, HeaderName, HeaderValue, COOKIE};
 use pingora_http::{RequestHeader, ResponseHeader};
 use smallvec::SmallVec;
+use std::cell::RefCell;
 use std::net::IpAddr;
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -88,8 +89,7 @@ pub fn append_forwarded_for(h: &mut HeaderMap, peer: Option<IpAddr>) {
     let mut xff: SmallVec<[u8; 64]> = SmallVec::new();
     match h.entry(X_FORWARDED_FOR) {
         Entry::Vacant(e) => {
-            write_ip(&mut xff, ip);
-            if let Ok(v) = HeaderValue::from_bytes(&xff) {
+            if let Some(v) = forwarded_value(ip) {
                 e.insert(v);
             }
         }
@@ -105,6 +105,38 @@ pub fn append_forwarded_for(h: &mut HeaderMap, peer: Option<IpAddr>) {
             }
         }
     }
+}
+
+thread_local! {
+    /// The last `X-Forwarded-For` value made on this thread from a request
+    /// without one: consecutive requests mostly come from one client (a
+    /// keep-alive connection) or one load balancer, and a shared copy is
+    /// cheaper than a new one.
+    static LAST_FORWARDED: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+}
+
+/// `ip` as a header value.
+fn forwarded_value(ip: IpAddr) -> Option<HeaderValue> {
+    let make = || {
+        let mut text: SmallVec<[u8; 64]> = SmallVec::new();
+        write_ip(&mut text, ip);
+        HeaderValue::from_bytes(&text).ok()
+    };
+    LAST_FORWARDED
+        .try_with(|last| {
+            let Ok(mut last) = last.try_borrow_mut() else {
+                return make();
+            };
+            match &*last {
+                Some((seen, v)) if *seen == ip => Some(v.clone()),
+                _ => {
+                    let v = make()?;
+                    *last = Some((ip, v.clone()));
+                    Some(v)
+                }
+            }
+        })
+        .unwrap_or_else(|_| make())
 }
 
 /// Append the text form of `ip` to `out` (IPv4 without `fmt`: this runs
@@ -236,6 +268,15 @@ mod tests {
 
         append_forwarded_for(&mut h, None);
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3");
+    }
+
+    #[test]
+    fn forwarded_for_of_alternating_clients() {
+        for ip in ["10.0.0.1", "10.0.0.2", "10.0.0.2", "::1", "10.0.0.1"] {
+            let mut h = HeaderMap::new();
+            append_forwarded_for(&mut h, Some(ip.parse().unwrap()));
+            assert_eq!(h[X_FORWARDED_FOR], ip);
+        }
     }
 
     #[test]
