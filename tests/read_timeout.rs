@@ -22,7 +22,9 @@ use std::time::Duration;
 ///   a few bytes, then nothing;
 /// - `/drip`: 5 bytes, one every 300 ms;
 /// - `/upload`: reads the request's body (`Content-Length`), then answers
-///   how many bytes it got.
+///   how many bytes it got;
+/// - `/big`: 16 MiB at once, more than the sockets between the server and
+///   a client that does not read can hold.
 struct Scripted {
     addr: String,
     requests: Arc<AtomicUsize>,
@@ -48,6 +50,8 @@ impl Scripted {
         self.requests.load(Ordering::SeqCst)
     }
 }
+
+const BIG: usize = 16 << 20;
 
 fn serve(conn: TcpStream, count: &AtomicUsize) {
     // Bounded: a test never waits on this server for long.
@@ -102,6 +106,12 @@ fn serve(conn: TcpStream, count: &AtomicUsize) {
                     }
                 }
             }
+            "/big" => {
+                let body = vec![b'x'; BIG];
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n");
+                let _ = out.write_all(head.as_bytes());
+                let _ = out.write_all(&body);
+            }
             "/upload" => {
                 let mut body = vec![0u8; length];
                 if reader.read_exact(&mut body).is_err() {
@@ -137,6 +147,17 @@ fn get_through(path: &str) -> (Scripted, Drawbridge, std::io::Result<httpc::Resp
     let d = Drawbridge::start(&yaml("", &s.addr));
     let r = httpc::request(&d.web, &Request::new("GET", path), CLIENT_LIMIT);
     (s, d, r)
+}
+
+/// A scripted server behind drawbridge, and a plain connection to
+/// drawbridge on which `head` was sent.
+fn raw_client(head: &[u8]) -> (Scripted, Drawbridge, TcpStream) {
+    let s = Scripted::start();
+    let d = Drawbridge::start(&yaml("", &s.addr));
+    let mut c = TcpStream::connect(d.web.trim_start_matches("http://")).expect("connect");
+    c.set_read_timeout(Some(CLIENT_LIMIT)).expect("timeout");
+    c.write_all(head).expect("request head");
+    (s, d, c)
 }
 
 fn client_gave_up(e: &std::io::Error) -> bool {
@@ -187,16 +208,27 @@ fn a_slow_but_steady_body_is_not_cut() {
 }
 
 #[test]
+fn a_client_that_reads_late_gets_the_whole_body() {
+    let (_s, _d, mut c) =
+        raw_client(b"GET /big HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n");
+    // The server has sent all it can; drawbridge waits on this client,
+    // not on the server, for more than read_timeout.
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    let head_end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header");
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(answer.len() - head_end - 4, BIG, "the whole body");
+}
+
+#[test]
 fn a_slow_but_steady_upload_is_not_cut() {
-    let s = Scripted::start();
-    let d = Drawbridge::start(&yaml("", &s.addr));
-    let base = d.web.trim_start_matches("http://");
-    let mut c = TcpStream::connect(base).expect("connect");
-    c.set_read_timeout(Some(CLIENT_LIMIT)).expect("timeout");
-    c.write_all(
+    let (_s, _d, mut c) = raw_client(
         b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
-    )
-    .expect("head");
+    );
     // 1.5 s in all, more than read_timeout: the server waits on the
     // client, not drawbridge on the server.
     for b in b"12345" {

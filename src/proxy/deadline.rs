@@ -11,10 +11,13 @@
 //! pushed back on every sign of progress: the response header, each
 //! response body chunk, each request body chunk forwarded. It stops counting
 //! once the response is complete (or failed). When it passes, the sweeper
-//! shuts the server connection down: Pingora's pending read ends, the
-//! request fails and the proxy answers `504` (or cuts a response already
-//! under way), exactly as after Pingora's read timeout. A deadline never
-//! fires before `read_timeout` and at most two ticks after it.
+//! looks at the connection: if the server did send more (drawbridge is
+//! waiting on a slow client, not on the server), the deadline starts over;
+//! if the server closed it, the request sees that by itself; if nothing
+//! came, the sweeper shuts the connection down: Pingora's pending read
+//! ends, the request fails and the proxy answers `504` (or cuts a response
+//! already under way), as after Pingora's read timeout. A deadline fires
+//! about `read_timeout` after the last progress, at most two ticks later.
 //!
 //! Why acting on the socket is safe: the sweeper runs on the request's own
 //! worker thread (the runtime does not move tasks between threads), so it
@@ -188,19 +191,59 @@ impl Table {
         }
     }
 
-    /// Advance to `now_ms` and return the connections whose deadline
-    /// passed; their slots are marked fired.
-    pub fn expire(&mut self, now_ms: u64) -> SmallVec<[(RawFd, SocketAddr); 4]> {
+    /// Advance to `now_ms` and list the requests whose deadline passed.
+    pub fn due(&mut self, now_ms: u64) -> SmallVec<[Due; 4]> {
         self.now_ms = now_ms;
         let mut out = SmallVec::new();
-        for s in &mut self.slots {
+        for (i, s) in self.slots.iter().enumerate() {
             if s.state == State::Armed && s.deadline_ms <= now_ms {
-                s.state = State::Fired;
-                out.push((s.fd, s.server));
+                out.push(Due {
+                    handle: Handle {
+                        table: self.id,
+                        slot: u32::try_from(i).unwrap_or(u32::MAX),
+                        generation: s.generation,
+                    },
+                    fd: s.fd,
+                    server: s.server,
+                });
             }
         }
         out
     }
+
+    /// Act on what the sweeper found on a due request's connection.
+    pub fn settle(&mut self, h: Handle, found: Found) {
+        let now = self.now_ms;
+        if let Some(s) = self.slot_mut(h).filter(|s| s.state == State::Armed) {
+            match found {
+                Found::Silent => s.state = State::Fired,
+                Found::Sending => {
+                    s.deadline_ms = now.saturating_add(s.timeout_ms).saturating_add(TICK_MS)
+                }
+                Found::Done => s.state = State::Held,
+            }
+        }
+    }
+}
+
+/// A request whose deadline passed, and its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    pub handle: Handle,
+    pub fd: RawFd,
+    pub server: SocketAddr,
+}
+
+/// What a due request's connection shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing from the server: a read timeout, the connection is shut down.
+    Silent,
+    /// Data from the server not yet read: drawbridge waits on its client.
+    Sending,
+    /// Closed by the server, failed, or no longer this request's
+    /// connection: nothing to do.
+    Done,
 }
 
 impl Default for Table {
@@ -278,29 +321,38 @@ pub fn release(h: Option<Handle>) {
 async fn sweep() {
     loop {
         tokio::time::sleep(TICK).await;
-        let Some((expired, idle)) = with(|t| {
+        let Some(due) = with(|t| {
             let now = t.clock_ms();
-            let expired = t.expire(now);
+            t.due(now)
+        }) else {
+            return;
+        };
+        // No await from here to the end of the round: the requests stay
+        // where they are, holding their connections.
+        for d in &due {
+            let found = look(d.fd, d.server);
+            with(|t| t.settle(d.handle, found));
+            if found == Found::Silent {
+                shut_down(d.fd, d.server);
+            }
+        }
+        let idle = with(|t| {
             let idle = t.in_use == 0;
             if idle {
                 t.sweeping = false;
             }
-            (expired, idle)
-        }) else {
-            return;
-        };
-        for (fd, server) in expired {
-            cut(fd, server);
-        }
-        if idle {
+            idle
+        });
+        if idle != Some(false) {
             return;
         }
     }
 }
 
-/// Shut down the connection `fd` if it is still the one to `server`.
-fn cut(fd: RawFd, server: SocketAddr) {
-    use nix::sys::socket::{getpeername, shutdown, Shutdown, SockaddrStorage};
+/// What the connection `fd` of a due request to `server` shows.
+fn look(fd: RawFd, server: SocketAddr) -> Found {
+    use nix::errno::Errno;
+    use nix::sys::socket::{getpeername, recv, MsgFlags, SockaddrStorage};
     let peer = getpeername::<SockaddrStorage>(fd).ok().and_then(|a| {
         a.as_sockaddr_in()
             .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
@@ -311,8 +363,18 @@ fn cut(fd: RawFd, server: SocketAddr) {
     });
     if peer != Some(server) {
         log::debug!("read_timeout: connection {fd} is no longer to {server}; left alone");
-        return;
+        return Found::Done;
     }
+    let mut byte = [0u8; 1];
+    match recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+        Err(Errno::EAGAIN) => Found::Silent,
+        Ok(n) if n > 0 => Found::Sending,
+        _ => Found::Done,
+    }
+}
+
+fn shut_down(fd: RawFd, server: SocketAddr) {
+    use nix::sys::socket::{shutdown, Shutdown};
     log::debug!("read_timeout: nothing from {server} in time, shutting its connection down");
     if let Err(e) = shutdown(fd, Shutdown::Both) {
         log::debug!("read_timeout: cannot shut down the connection to {server}: {e}");
@@ -327,18 +389,58 @@ mod tests {
         "127.0.0.1:8080".parse().unwrap()
     }
 
+    /// The fds of the due requests, each settled with `found`.
+    fn sweep_at(t: &mut Table, now: u64, found: Found) -> Vec<RawFd> {
+        let due = t.due(now);
+        for d in &due {
+            t.settle(d.handle, found);
+        }
+        due.iter().map(|d| d.fd).collect()
+    }
+
     #[test]
-    fn fires_only_after_the_timeout_without_progress() {
+    fn due_only_after_the_timeout_without_progress() {
         let mut t = Table::new();
         let mut h = None;
         t.arm(&mut h, 7, server(), Duration::from_millis(1000));
         let h = h.unwrap();
-        assert!(t.expire(1000).is_empty(), "never before the timeout");
+        assert!(
+            sweep_at(&mut t, 1000, Found::Silent).is_empty(),
+            "never before the timeout"
+        );
         t.touch(h);
-        assert!(t.expire(2000).is_empty(), "progress at 1000 ms starts over");
-        assert_eq!(&t.expire(2100)[..], &[(7, server())]);
+        assert!(
+            sweep_at(&mut t, 2000, Found::Silent).is_empty(),
+            "progress at 1000 ms starts over"
+        );
+        assert_eq!(sweep_at(&mut t, 2100, Found::Silent), vec![7]);
         assert!(t.fired(h));
-        assert!(t.expire(5000).is_empty(), "fires once");
+        assert!(
+            sweep_at(&mut t, 5000, Found::Silent).is_empty(),
+            "fires once"
+        );
+    }
+
+    #[test]
+    fn a_server_still_sending_restarts_the_deadline() {
+        let mut t = Table::new();
+        let mut h = None;
+        t.arm(&mut h, 7, server(), Duration::from_millis(1000));
+        assert_eq!(sweep_at(&mut t, 1100, Found::Sending), vec![7]);
+        assert!(!t.fired(h.unwrap()));
+        assert!(sweep_at(&mut t, 2100, Found::Silent).is_empty());
+        assert_eq!(sweep_at(&mut t, 2200, Found::Silent), vec![7]);
+        assert!(t.fired(h.unwrap()));
+    }
+
+    #[test]
+    fn a_closed_connection_stops_the_deadline() {
+        let mut t = Table::new();
+        let mut h = None;
+        t.arm(&mut h, 7, server(), Duration::from_millis(10));
+        assert_eq!(sweep_at(&mut t, 1000, Found::Done), vec![7]);
+        assert!(!t.fired(h.unwrap()));
+        assert!(sweep_at(&mut t, 9000, Found::Silent).is_empty());
     }
 
     #[test]
@@ -347,11 +449,11 @@ mod tests {
         let mut h = None;
         t.arm(&mut h, 7, server(), Duration::from_millis(10));
         t.hold(h.unwrap());
-        assert!(t.expire(10_000).is_empty());
+        assert!(sweep_at(&mut t, 10_000, Found::Silent).is_empty());
         assert!(!t.fired(h.unwrap()));
         // A retry on another connection arms it again.
         t.arm(&mut h, 9, server(), Duration::from_millis(10));
-        assert_eq!(&t.expire(20_000)[..], &[(9, server())]);
+        assert_eq!(sweep_at(&mut t, 20_000, Found::Silent), vec![9]);
     }
 
     #[test]
@@ -368,8 +470,9 @@ mod tests {
         // The old handle names the slot's previous request: no effect.
         t.hold(old);
         t.release(old);
+        t.settle(old, Found::Done);
         assert_eq!(t.in_use, 1);
-        assert_eq!(&t.expire(1000)[..], &[(2, server())]);
+        assert_eq!(sweep_at(&mut t, 1000, Found::Silent), vec![2]);
         assert!(!t.fired(old));
         assert!(t.fired(b.unwrap()));
     }
@@ -383,7 +486,8 @@ mod tests {
         let h = h.unwrap();
         mine.hold(h);
         mine.release(h);
+        mine.settle(h, Found::Silent);
         assert!(!mine.fired(h));
-        assert_eq!(&other.expire(1000)[..], &[(3, server())]);
+        assert_eq!(sweep_at(&mut other, 1000, Found::Silent), vec![3]);
     }
 }

@@ -168,22 +168,37 @@ pub fn write_ip<B: Extend<u8>>(out: &mut B, ip: IpAddr) {
     }
 }
 
-/// Whether `resp`, the final answer to a `method` request, ends with its
-/// header (RFC 9112 §6.3): an answer to HEAD, 204, 304, or a
-/// `Content-Length` of 0. An interim (1xx) answer is not final; a 101 goes on
-/// as an upgraded connection.
-pub fn has_no_body(method: &http::Method, resp: &ResponseHeader) -> bool {
+/// How the body of a server's response to a `method` request ends
+/// (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseBody {
+    /// An interim (1xx) answer: the final one is still to come.
+    Interim,
+    /// None: an answer to HEAD, 204, 304, or a `Content-Length` of 0.
+    Empty,
+    /// By its length or its chunked coding: an early close shows.
+    Framed,
+    /// By the connection's close (no length, or a 101 upgrade).
+    UntilClose,
+}
+
+pub fn response_body(method: &http::Method, resp: &ResponseHeader) -> ResponseBody {
     let status = resp.status.as_u16();
-    if status < 200 {
-        return false;
+    if status == 101 {
+        return ResponseBody::UntilClose;
     }
-    *method == http::Method::HEAD
-        || status == 204
-        || status == 304
-        || resp
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() == b"0")
+    if status < 200 {
+        return ResponseBody::Interim;
+    }
+    if *method == http::Method::HEAD || status == 204 || status == 304 {
+        return ResponseBody::Empty;
+    }
+    match resp.headers.get(http::header::CONTENT_LENGTH) {
+        Some(v) if v.as_bytes() == b"0" => ResponseBody::Empty,
+        Some(_) => ResponseBody::Framed,
+        None if resp.headers.contains_key(http::header::TRANSFER_ENCODING) => ResponseBody::Framed,
+        None => ResponseBody::UntilClose,
+    }
 }
 
 /// Remove the cookies named in `names` from the `Cookie` headers; a header
@@ -321,23 +336,28 @@ mod tests {
     }
 
     #[test]
-    fn responses_without_a_body() {
-        let resp = |status: u16, len: Option<&str>| {
+    fn how_response_bodies_end() {
+        let resp = |status: u16, headers: &[(&str, &str)]| {
             let mut r = ResponseHeader::build(status, None).unwrap();
-            if let Some(l) = len {
-                r.insert_header("Content-Length", l).unwrap();
+            for (k, v) in headers {
+                r.insert_header(k.to_string(), *v).unwrap();
             }
             r
         };
-        let get = http::Method::GET;
-        assert!(has_no_body(&http::Method::HEAD, &resp(200, Some("10"))));
-        assert!(has_no_body(&get, &resp(204, None)));
-        assert!(has_no_body(&get, &resp(304, None)));
-        assert!(has_no_body(&get, &resp(200, Some("0"))));
-        assert!(!has_no_body(&get, &resp(200, Some("10"))));
-        assert!(!has_no_body(&get, &resp(200, None)));
-        assert!(!has_no_body(&http::Method::HEAD, &resp(100, None)));
-        assert!(!has_no_body(&get, &resp(101, None)));
+        let (get, head) = (http::Method::GET, http::Method::HEAD);
+        let len = |l| [("Content-Length", l)];
+        use ResponseBody::*;
+        assert_eq!(response_body(&head, &resp(200, &len("10"))), Empty);
+        assert_eq!(response_body(&get, &resp(204, &[])), Empty);
+        assert_eq!(response_body(&get, &resp(304, &[])), Empty);
+        assert_eq!(response_body(&get, &resp(200, &len("0"))), Empty);
+        assert_eq!(response_body(&get, &resp(200, &len("10"))), Framed);
+        let chunked = [("Transfer-Encoding", "chunked")];
+        assert_eq!(response_body(&get, &resp(200, &chunked)), Framed);
+        assert_eq!(response_body(&get, &resp(200, &[])), UntilClose);
+        assert_eq!(response_body(&get, &resp(101, &[])), UntilClose);
+        assert_eq!(response_body(&head, &resp(100, &[])), Interim);
+        assert_eq!(response_body(&get, &resp(103, &[])), Interim);
     }
 
     #[test]

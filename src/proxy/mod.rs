@@ -112,6 +112,8 @@ pub struct Ctx {
     answer: Answer,
     /// The upstream read deadline (`read_timeout`), once connected.
     deadline: Option<deadline::Handle>,
+    /// The server's response body ends with the connection's close.
+    until_close: bool,
 }
 
 impl Drop for Ctx {
@@ -336,6 +338,7 @@ impl ProxyHttp for Proxy {
             peer_calls: 0,
             answer: Answer::Upstream,
             deadline: None,
+            until_close: false,
         })
     }
 
@@ -531,17 +534,22 @@ impl ProxyHttp for Proxy {
         resp: &mut ResponseHeader,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
-        if headers::has_no_body(&session.req_header().method, resp) {
-            deadline::finish(ctx.deadline);
-        } else {
-            deadline::touch(ctx.deadline);
+        match headers::response_body(&session.req_header().method, resp) {
+            headers::ResponseBody::Empty => {
+                deadline::finish(ctx.deadline);
+            }
+            body => {
+                ctx.until_close = body == headers::ResponseBody::UntilClose;
+                deadline::touch(ctx.deadline);
+            }
         }
         Ok(())
     }
 
-    /// A response body chunk: progress, or the end of the wait. A response
-    /// that ends after its deadline fired was cut short (a body framed by
-    /// the connection's close would otherwise look complete): an error.
+    /// A response body chunk: progress, or the end of the wait. A body
+    /// that ends with the connection's close, after the deadline fired and
+    /// shut the connection down, was cut short and would otherwise look
+    /// complete: an error. (Other bodies show an early close by themselves.)
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
@@ -550,7 +558,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut Box<Ctx>,
     ) -> Result<Option<std::time::Duration>> {
         if end_of_stream {
-            if deadline::finish(ctx.deadline) {
+            if deadline::finish(ctx.deadline) && ctx.until_close {
                 return Error::e_explain(
                     ErrorType::ReadTimedout,
                     "response body cut off by read_timeout",
