@@ -101,14 +101,13 @@ pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
     };
     let conf = ServerConf {
         threads: settings.threads,
-        // One worker has nothing to steal from: Pingora's no-steal runtime
-        // spares the multi-threaded scheduler's cross-thread wake-ups.
-        // Each worker thread runs its own connections to the end: the
-        // proxy's read deadlines live in a table per thread
-        // (`proxy::deadline`).
+        // Pingora's no-steal runtime: each worker thread runs its own
+        // connections to the end (the proxy's read deadlines live in a table
+        // per thread, `proxy::deadline`), without the multi-threaded
+        // scheduler's cross-thread wake-ups.
         work_stealing: false,
-        // Timeouts of a second or more (upstream read timeouts, keep-alive)
-        // use tokio's timer, armed only when the wrapped I/O has to wait and
+        // Pingora's timeouts of a second or more (keep-alive, health checks,
+        // the local answers' body discard) use tokio's timer, armed only when the wrapped I/O has to wait and
         // removed when it completes. Pingora's own 10 ms wheel (its default
         // below 900 s) keeps every timer until its deadline, even once
         // cancelled, and runs a clock thread.

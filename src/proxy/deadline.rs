@@ -121,10 +121,7 @@ impl Table {
         timeout: Duration,
     ) {
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        let deadline_ms = self
-            .now_ms
-            .saturating_add(timeout_ms)
-            .saturating_add(TICK_MS);
+        let deadline_ms = deadline_after(self.now_ms, timeout_ms);
         if let Some(s) = h.and_then(|h| self.slot_mut(h)) {
             *s = Slot {
                 generation: s.generation,
@@ -167,20 +164,29 @@ impl Table {
     pub fn touch(&mut self, h: Handle) {
         let now = self.now_ms;
         if let Some(s) = self.slot_mut(h).filter(|s| s.state == State::Armed) {
-            s.deadline_ms = now.saturating_add(s.timeout_ms).saturating_add(TICK_MS);
+            s.deadline_ms = deadline_after(now, s.timeout_ms);
         }
     }
 
-    /// The request no longer waits on its server.
-    pub fn hold(&mut self, h: Handle) {
-        if let Some(s) = self.slot_mut(h).filter(|s| s.state == State::Armed) {
+    /// The request no longer waits on its server; whether its deadline had
+    /// fired (its connection was shut down).
+    pub fn finish(&mut self, h: Handle) -> bool {
+        let Some(s) = self.slot_mut(h) else {
+            return false;
+        };
+        if s.state == State::Armed {
             s.state = State::Held;
         }
+        s.state == State::Fired
     }
 
-    /// Whether the deadline passed and the connection was shut down.
-    pub fn fired(&mut self, h: Handle) -> bool {
-        self.slot_mut(h).is_some_and(|s| s.state == State::Fired)
+    #[cfg(test)]
+    fn fired(&self, h: Handle) -> bool {
+        h.table == self.id
+            && self
+                .slots
+                .get(h.slot as usize)
+                .is_some_and(|s| s.generation == h.generation && s.state == State::Fired)
     }
 
     /// The request is over: its slot is free for another one.
@@ -219,13 +225,17 @@ impl Table {
         if let Some(s) = self.slot_mut(h).filter(|s| s.state == State::Armed) {
             match found {
                 Found::Silent => s.state = State::Fired,
-                Found::Sending => {
-                    s.deadline_ms = now.saturating_add(s.timeout_ms).saturating_add(TICK_MS)
-                }
+                Found::Sending => s.deadline_ms = deadline_after(now, s.timeout_ms),
                 Found::Done => s.state = State::Held,
             }
         }
     }
+}
+
+/// The deadline of a request that made progress at `now_ms`: one tick
+/// more than the timeout, since `now_ms` may be up to a tick old.
+fn deadline_after(now_ms: u64, timeout_ms: u64) -> u64 {
+    now_ms.saturating_add(timeout_ms).saturating_add(TICK_MS)
 }
 
 /// A request whose deadline passed, and its connection.
@@ -303,13 +313,7 @@ pub fn touch(h: Option<Handle>) {
 /// The request no longer waits on its server; whether its deadline had
 /// fired (its connection was shut down).
 pub fn finish(h: Option<Handle>) -> bool {
-    h.and_then(|h| {
-        with(|t| {
-            t.hold(h);
-            t.fired(h)
-        })
-    })
-    .unwrap_or(false)
+    h.and_then(|h| with(|t| t.finish(h))).unwrap_or(false)
 }
 
 /// The request is over: its slot is free for another one.
@@ -450,7 +454,7 @@ mod tests {
         let mut t = Table::new();
         let mut h = None;
         t.arm(&mut h, 7, server(), Duration::from_millis(10));
-        t.hold(h.unwrap());
+        t.finish(h.unwrap());
         assert!(sweep_at(&mut t, 10_000, Found::Silent).is_empty());
         assert!(!t.fired(h.unwrap()));
         // A retry on another connection arms it again.
@@ -470,7 +474,7 @@ mod tests {
         t.arm(&mut b, 2, server(), Duration::from_millis(10));
         assert_eq!(b.unwrap().slot, old.slot, "the slot is reused");
         // The old handle names the slot's previous request: no effect.
-        t.hold(old);
+        t.finish(old);
         t.release(old);
         t.settle(old, Found::Done);
         assert_eq!(t.in_use, 1);
@@ -486,7 +490,7 @@ mod tests {
         let mut h = None;
         other.arm(&mut h, 3, server(), Duration::from_millis(10));
         let h = h.unwrap();
-        mine.hold(h);
+        mine.finish(h);
         mine.release(h);
         mine.settle(h, Found::Silent);
         assert!(!mine.fired(h));

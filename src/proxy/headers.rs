@@ -86,7 +86,6 @@ pub fn edit_response<R>(
 /// it is.
 pub fn append_forwarded_for(h: &mut HeaderMap, peer: Option<IpAddr>) {
     let Some(ip) = peer else { return };
-    let mut xff: SmallVec<[u8; 64]> = SmallVec::new();
     match h.entry(X_FORWARDED_FOR) {
         Entry::Vacant(e) => {
             if let Some(v) = forwarded_value(ip) {
@@ -94,6 +93,7 @@ pub fn append_forwarded_for(h: &mut HeaderMap, peer: Option<IpAddr>) {
             }
         }
         Entry::Occupied(mut e) => {
+            let mut xff: SmallVec<[u8; 64]> = SmallVec::new();
             for prev in e.iter() {
                 xff.extend_from_slice(prev.as_bytes());
                 xff.extend_from_slice(b", ");
