@@ -142,7 +142,7 @@ impl Proxy {
             ctx.bypass_cookie.as_deref(),
             &self.rt.keys[ctx.site],
             &site.name,
-            now_ms() / 1000,
+            || now_ms() / 1000,
         );
         ctx.bypass = Some(b);
         b
