@@ -10,11 +10,10 @@ where instructions is callgrind's user-space total over the measured wrk run
 (counting starts from zero just before it) and requests is what wrk counted.
 """
 
-import json
 import os
 import sys
 
-from report import LABEL, PROXIES, RATIOS, WORKLOADS, fmt_num, load_tsv, ratio
+from report import LABEL, PROXIES, RATIOS, WORKLOADS, fmt_num, load_tsv, ratio, write_json
 
 
 def main():
@@ -72,11 +71,7 @@ def main():
         "notes": notes,
     }
     for out in outs:
-        tmp = out + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, out)
+        write_json(out, doc)
 
 
 if __name__ == "__main__":

@@ -91,6 +91,16 @@ def median_ci(values, level=0.95):
     return xs[k - 1], xs[n - k], 1 - 2 * tail
 
 
+def write_json(path, doc):
+    """Write `doc` to `path` whole or not at all (through a temporary file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
 def ratio(a, b):
     if a is None or b is None or b == 0:
         return None
@@ -248,6 +258,9 @@ def main():
           f"duration={meta.get('duration', '?')} wrk -t1 -c{meta.get('connections', '?')}  "
           f"idle={meta.get('idle_conns', '?')} conns  profile={meta.get('profile', '?')}  "
           "(medians; ratios a/b of the figure)")
+    if meta.get("together") == 1:
+        print("the proxies of a round were measured at the same time (--together), sharing "
+              "the machine: only the req/CPU-s ratios compare them")
     print(render(cols))
     print(render(["-" * w for w in widths]))
     prev = None
@@ -330,12 +343,7 @@ def main():
         "notes": notes + warnings,
     }
     for out in outs:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        tmp = out + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, out)
+        write_json(out, doc)
 
 
 if __name__ == "__main__":

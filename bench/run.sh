@@ -12,6 +12,10 @@
 #   --rounds N         ROUNDS      alternating rounds per workload (3)
 #   --duration D       DURATION    wrk duration per measurement, Ns or Nm (5s)
 #   --quick                        ROUNDS=1 DURATION=2s IDLE_CONNS=1000
+#   --together         TOGETHER=1  measure the proxies of a round at the same time, each
+#                                    with its own wrk, instead of one after the other: a
+#                                    shared machine's changing speed then hits them alike
+#                                    (only the req/CPU-s ratios mean something then)
 #   --instructions     INSTRUCTIONS=1  instead of timing, count user-space instructions
 #                                    per request under valgrind (callgrind); results
 #                                    in bench/results/instructions.json (~4 minutes)
@@ -55,6 +59,7 @@ BUILD_PROFILE=${BUILD_PROFILE:-production}
 PGO=${PGO:-1}
 [[ $BUILD_PROFILE == production ]] || PGO=0
 INSTRUCTIONS=${INSTRUCTIONS:-0}
+TOGETHER=${TOGETHER:-0}
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
@@ -68,6 +73,7 @@ while [[ $# -gt 0 ]]; do
         --duration) DURATION=$2; shift 2 ;;
         --quick) ROUNDS=1; DURATION=2s; IDLE_CONNS=1000; shift ;;
         --instructions) INSTRUCTIONS=1; shift ;;
+        --together) TOGETHER=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench/run.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -473,25 +479,24 @@ wrk_brief() {  # one-line summary of a wrk output file
          END {printf "%s req/s, p99 %s%s", rps ? rps : "?", p99 ? p99 : "?", n ? ", non-2xx " n : ""}' "$1"
 }
 
-measure() {  # workload proxy round
-    local wl=$1 p=$2 r=$3 role=$2 url=${URL[$2]} t0 t1 cpu out
+target() {  # workload proxy round: sets T_PID, T_URL, T_HDR (array); fails if not running
+    local wl=$1 p=$2 r=$3 role=$2
+    T_URL=${URL[$p]}
     if [[ $wl == maint && $p == bare ]]; then
         role=bare_maint
-        url="http://$HOST:$PORT_BARE_MAINT/"
+        T_URL="http://$HOST:$PORT_BARE_MAINT/"
     fi
-    local pid=${PID[$role]:-}
-    if [[ -z $pid ]] || ! running "$pid"; then
-        [[ -n $pid ]] && note "$p ($role) is no longer running; skipped from $wl round $r on"
+    T_PID=${PID[$role]:-}
+    T_HDR=()
+    [[ -n ${HDR[$p]:-} ]] && T_HDR=(-H "${HDR[$p]}")
+    if [[ -z $T_PID ]] || ! running "$T_PID"; then
+        [[ -n $T_PID ]] && note "$p ($role) is no longer running; skipped from $wl round $r on"
         SKIP[$wl/$p]="not running"
-        return 0
+        return 1
     fi
-    local hdr=()
-    [[ -n ${HDR[$p]:-} ]] && hdr=(-H "${HDR[$p]}")
-    if [[ $INSTRUCTIONS = 1 ]]; then
-        measure_instructions "$wl" "$p" "$pid" "$url" "${hdr[@]}"
-        return 0
-    fi
-    # How busy is the machine with other work right now (the proxies are idle)?
+}
+
+wait_quiet() {  # prints how busy the machine is with other work (%), after QUIET_WAIT
     local busy waited=0
     busy=$(cpu_busy_pct 0.5)
     while (( busy > QUIET_PCT && waited < QUIET_WAIT )); do
@@ -499,13 +504,36 @@ measure() {  # workload proxy round
         busy=$(cpu_busy_pct 1)
         waited=$((waited + 1))
     done
+    echo "$busy"
+}
+
+other_pct() {  # machine_ticks proxies_ticks nginx_ticks children_ticks wall0 wall1
+    awk -v m="$1" -v t="$2" -v n="$3" -v c="$4" -v w0="$5" -v w1="$6" -v hz="$CLK_TCK" \
+        -v cpus="$NCPU" 'BEGIN {
+            cap = (w1 - w0) * hz * cpus; o = m - t - n - c; if (o < 0) o = 0;
+            pct = 0; if (cap > 0) pct = 100 * o / cap; printf "%.0f", pct }'
+}
+
+ticks_to_s() { awk -v a="$1" -v b="$2" -v hz="$CLK_TCK" 'BEGIN {printf "%.3f", (b - a) / hz}'; }
+
+measure() {  # workload proxy round
+    local wl=$1 p=$2 r=$3 t0 t1 cpu out
+    target "$wl" "$p" "$r" || return 0
+    local pid=$T_PID url=$T_URL hdr=("${T_HDR[@]}")
+    if [[ $INSTRUCTIONS = 1 ]]; then
+        measure_instructions "$wl" "$p" "$pid" "$url" "${hdr[@]}"
+        return 0
+    fi
+    # How busy is the machine with other work right now (the proxies are idle)?
+    local busy
+    busy=$(wait_quiet)
     out="wrk-$wl-$p-r$r.txt"
     # CPU used meanwhile by anything but the proxy, nginx and wrk ("other"), to flag noisy runs.
     local m0 m1 n0 n1 c0 c1 w0 w1 other=""
     m0=$(machine_busy_ticks)
     n0=$(nginx_ticks)
     if ! t0=$(cpu_ticks "$pid" 2>/dev/null); then
-        note "$p ($role) is no longer running; skipped from $wl round $r on"
+        note "$p is no longer running; skipped from $wl round $r on"
         SKIP[$wl/$p]="not running"
         return 0
     fi
@@ -521,13 +549,8 @@ measure() {  # workload proxy round
     m1=$(machine_busy_ticks)
     [[ $wrk_rc -eq 0 ]] || note "wrk exited with $wrk_rc for $wl/$p round $r (see $RUN_DIR/$out)"
     if [[ -n $t1 ]]; then
-        other=$(awk -v m=$((m1 - m0)) -v t=$((t1 - t0)) -v n=$((n1 - n0)) -v c=$((c1 - c0)) \
-            -v w0="$w0" -v w1="$w1" -v hz="$CLK_TCK" -v cpus="$NCPU" 'BEGIN {
-                cap = (w1 - w0) * hz * cpus; o = m - t - n - c; if (o < 0) o = 0;
-                pct = 0; if (cap > 0) pct = 100 * o / cap; printf "%.0f", pct }')
-    fi
-    if [[ -n $t1 ]]; then
-        cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" 'BEGIN {printf "%.3f", (b - a) / hz}')
+        other=$(other_pct $((m1 - m0)) $((t1 - t0)) $((n1 - n0)) $((c1 - c0)) "$w0" "$w1")
+        cpu=$(ticks_to_s "$t0" "$t1")
     else
         cpu=nan
         note "$p died during $wl round $r"
@@ -536,6 +559,63 @@ measure() {  # workload proxy round
         >>"$RUN_DIR/runs.tsv"
     log "$wl r$r $(printf '%-10s' "$p") $(wrk_brief "$RUN_DIR/$out"), ${cpu} CPU-s" \
         "(other work: ${busy}% before, ${other:-?}% during)"
+}
+
+measure_together() {  # workload round proxy...: all at once, each with its own wrk
+    local wl=$1 r=$2 p
+    shift 2
+    local procs=() pids=() outs=() wrk_pids=() t0=() t1=()
+    for p in "$@"; do
+        target "$wl" "$p" "$r" || continue
+        procs+=("$p")
+        pids+=("$T_PID")
+    done
+    (( ${#procs[@]} > 0 )) || return 0
+    local busy
+    busy=$(wait_quiet)
+    local m0 m1 n0 n1 c0 c1 w0 w1 i sum=0 other=""
+    m0=$(machine_busy_ticks)
+    n0=$(nginx_ticks)
+    for i in "${!procs[@]}"; do
+        t0[i]=$(cpu_ticks "${pids[i]}" 2>/dev/null || echo "")
+    done
+    w0=$EPOCHREALTIME
+    c0=$(children_ticks)
+    for i in "${!procs[@]}"; do
+        p=${procs[i]}
+        target "$wl" "$p" "$r" || true
+        outs[i]="wrk-$wl-$p-r$r.txt"
+        timeout $((DUR_S + 30)) wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "${T_HDR[@]}" \
+            "$T_URL" >"$RUN_DIR/${outs[i]}" 2>&1 &
+        wrk_pids[i]=$!
+    done
+    for i in "${!procs[@]}"; do
+        wait "${wrk_pids[i]}" || note "wrk exited with $? for $wl/${procs[i]} round $r (see $RUN_DIR/${outs[i]})"
+    done
+    c1=$(children_ticks)
+    w1=$EPOCHREALTIME
+    for i in "${!procs[@]}"; do
+        t1[i]=$(cpu_ticks "${pids[i]}" 2>/dev/null || echo "")
+    done
+    n1=$(nginx_ticks)
+    m1=$(machine_busy_ticks)
+    for i in "${!procs[@]}"; do
+        [[ -n ${t0[i]} && -n ${t1[i]} ]] && sum=$((sum + t1[i] - t0[i]))
+    done
+    other=$(other_pct $((m1 - m0)) "$sum" $((n1 - n0)) $((c1 - c0)) "$w0" "$w1")
+    for i in "${!procs[@]}"; do
+        p=${procs[i]}
+        local cpu=nan
+        if [[ -n ${t0[i]} && -n ${t1[i]} ]]; then
+            cpu=$(ticks_to_s "${t0[i]}" "${t1[i]}")
+        else
+            note "$p died during $wl round $r"
+        fi
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$wl" "$p" "$r" "$cpu" "${outs[i]}" "$busy" \
+            "$other" >>"$RUN_DIR/runs.tsv"
+        log "$wl r$r $(printf '%-10s' "$p") $(wrk_brief "$RUN_DIR/${outs[i]}"), ${cpu} CPU-s" \
+            "(together; other work: ${busy}% before, ${other}% during)"
+    done
 }
 
 dumps_of() {  # pid: its callgrind dump files, oldest first
@@ -573,6 +653,17 @@ run_rounds() {  # workload: ROUNDS alternating rounds over the proxies, rotating
     local order=()
     mapfile -t order < <(active_proxies)
     n=${#order[@]}
+    if [[ $TOGETHER = 1 && $INSTRUCTIONS != 1 ]]; then
+        local now=()
+        for ((r = 1; r <= ROUNDS; r++)); do
+            now=()
+            for p in "${order[@]}"; do
+                [[ -n ${SKIP[$wl/$p]:-} ]] || now+=("$p")
+            done
+            measure_together "$wl" "$r" "${now[@]}"
+        done
+        return 0
+    fi
     for ((r = 1; r <= ROUNDS; r++)); do
         for ((i = 0; i < n; i++)); do
             p=${order[$(((i + r - 1) % n))]}
@@ -763,6 +854,7 @@ sleep 2  # at least one health-check pass for both proxies
     echo "quiet_wait=$QUIET_WAIT"
     echo "quiet_pct=$QUIET_PCT"
     echo "bare_flags=$BARE_FLAGS"
+    echo "together=$TOGETHER"
     echo "profile=$BUILD_PROFILE$([[ $PGO = 1 ]] && echo +pgo)"
     echo "haproxy=$(haproxy -v 2>/dev/null | head -n1)"
     echo "nginx=$(nginx -v 2>&1 | head -n1)"
