@@ -19,22 +19,12 @@ import json
 import statistics
 import sys
 
-from report import LABEL, RATIOS, WORKLOADS, median_ci, write_json
+from report import RATIOS, WORKLOADS, ci95, pair_label, round_ratios, write_json
 
 
-def short(a, b):
-    name = f"{LABEL[a]}/{LABEL[b]}"
-    return name.replace("drawbridge/", "db/").replace("/bare Pingora", "/bare") \
-        .replace("bare Pingora/", "bare/")
-
-
-def round_ratios(doc, workload, a, b, figure):
-    """Per-round ratios a/b of one figure in one run (rounds both proxies ran)."""
-    res = doc.get("results", {}).get(workload, {})
-    ra = {r["round"]: r.get(figure) for r in res.get(a, {}).get("rounds", [])}
-    rb = {r["round"]: r.get(figure) for r in res.get(b, {}).get("rounds", [])}
-    return [ra[k] / rb[k] for k in sorted(ra)
-            if k in rb and ra[k] is not None and rb[k]]
+def run_rounds(doc, workload, proxy):
+    """The rounds one run measured of a proxy in a workload."""
+    return doc.get("results", {}).get(workload, {}).get(proxy, {}).get("rounds", [])
 
 
 def pool(docs):
@@ -48,19 +38,18 @@ def pool(docs):
     for figure, pairs in figures:
         for workload in WORKLOADS:
             for a, b in pairs:
-                per_run = [round_ratios(d, workload, a, b, figure) for d in docs]
+                per_run = [round_ratios(run_rounds(d, workload, a), run_rounds(d, workload, b),
+                                        figure) for d in docs]
                 per_run = [xs for xs in per_run if xs]
                 rounds = [x for xs in per_run for x in xs]
                 if not rounds:
                     continue
-                ci = median_ci(rounds)
                 run_medians = [statistics.median(xs) for xs in per_run]
                 out.setdefault(figure, {}).setdefault(workload, {})[f"{a}/{b}"] = {
                     "runs": len(per_run),
                     "rounds": len(rounds),
                     "median": statistics.median(rounds),
-                    "ci95": None if ci is None else {"low": ci[0], "high": ci[1],
-                                                     "coverage": ci[2]},
+                    "ci95": ci95(rounds),
                     "run_medians": run_medians,
                 }
     return out
@@ -105,7 +94,7 @@ def main(argv):
                 a, b = pair.split("/")
                 ci = s["ci95"]
                 ci_text = f"CI {ci['low']:.3f}-{ci['high']:.3f}; " if ci else ""
-                cells.append(f"{short(a, b)} {s['median']:.3f}x ({ci_text}"
+                cells.append(f"{pair_label(a, b)} {s['median']:.3f}x ({ci_text}"
                              f"{min(s['run_medians']):.2f}-{max(s['run_medians']):.2f}) "
                              f"[{s['runs']}/{s['rounds']}]")
             if cells:

@@ -91,6 +91,26 @@ def median_ci(values, level=0.95):
     return xs[k - 1], xs[n - k], 1 - 2 * tail
 
 
+def pair_label(a, b):
+    """Short name of the ratio of proxy a to proxy b: db/HAProxy, db/bare, bare/HAProxy."""
+    return f"{LABEL[a]}/{LABEL[b]}".replace("drawbridge/", "db/") \
+        .replace("/bare Pingora", "/bare").replace("bare Pingora/", "bare/")
+
+
+def round_ratios(rounds_a, rounds_b, figure):
+    """Ratios a/b of one figure, round by round, over the rounds both proxies ran."""
+    ra = {r["round"]: r.get(figure) for r in rounds_a}
+    rb = {r["round"]: r.get(figure) for r in rounds_b}
+    each = [ratio(ra[k], rb[k]) for k in sorted(ra) if k in rb]
+    return [x for x in each if x is not None]
+
+
+def ci95(values):
+    """median_ci as the JSON records it."""
+    ci = median_ci(values)
+    return None if ci is None else {"low": ci[0], "high": ci[1], "coverage": ci[2]}
+
+
 def write_json(path, doc):
     """Write `doc` to `path` whole or not at all (through a temporary file)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -215,24 +235,18 @@ def main():
     paired = {}
     for workload in WORKLOADS:
         for a, b in RATIOS:
-            ra = {r["round"]: r["req_per_cpu_s"] for r in per_run.get(workload, {}).get(a, [])}
-            rb = {r["round"]: r["req_per_cpu_s"] for r in per_run.get(workload, {}).get(b, [])}
-            each = [ratio(ra[k], rb[k]) for k in sorted(ra) if k in rb]
-            each = [x for x in each if x is not None]
+            each = round_ratios(per_run.get(workload, {}).get(a, []),
+                                per_run.get(workload, {}).get(b, []), "req_per_cpu_s")
             if each:
-                ci = median_ci(each)
                 paired.setdefault(workload, {})[f"{a}/{b}"] = {
                     "median": statistics.median(each), "min": min(each), "max": max(each),
-                    "ci95": None if ci is None else {"low": ci[0], "high": ci[1],
-                                                     "coverage": ci[2]},
+                    "ci95": ci95(each),
                     "rounds": each,
                 }
 
     # ---- table ----------------------------------------------------------------
     cols = ["workload", "figure"] + [LABEL[p] for p in PROXIES] + \
-           [f"{LABEL[a]}/{LABEL[b]}" for a, b in RATIOS]
-    cols = [c.replace("drawbridge/", "db/").replace("/bare Pingora", "/bare")
-            .replace("bare Pingora/", "bare/") for c in cols]
+           [pair_label(a, b) for a, b in RATIOS]
     lines = []
     for workload, figs in [(w, figures) for w in WORKLOADS] + [("idle", idle_figures)]:
         if workload not in results:
@@ -279,11 +293,9 @@ def main():
             for a, b in RATIOS:
                 pr = paired.get(workload, {}).get(f"{a}/{b}")
                 if pr:
-                    name = f"{LABEL[a]}/{LABEL[b]}".replace("drawbridge/", "db/") \
-                        .replace("/bare Pingora", "/bare").replace("bare Pingora/", "bare/")
                     ci = pr["ci95"]
                     ci_text = f"CI {ci['low']:.2f}-{ci['high']:.2f}; " if ci else ""
-                    cells.append(f"{name} {pr['median']:.2f}x ({ci_text}"
+                    cells.append(f"{pair_label(a, b)} {pr['median']:.2f}x ({ci_text}"
                                  f"{pr['min']:.2f}-{pr['max']:.2f})")
             if cells:
                 print(f"  {workload:<7} " + "   ".join(cells))

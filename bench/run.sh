@@ -564,11 +564,13 @@ measure() {  # workload proxy round
 measure_together() {  # workload round proxy...: all at once, each with its own wrk
     local wl=$1 r=$2 p
     shift 2
-    local procs=() pids=() outs=() wrk_pids=() t0=() t1=()
+    local procs=() pids=() urls=() hdrs=() outs=() wrk_pids=() t0=() t1=()
     for p in "$@"; do
         target "$wl" "$p" "$r" || continue
         procs+=("$p")
         pids+=("$T_PID")
+        urls+=("$T_URL")
+        hdrs+=("${HDR[$p]:-}")
     done
     (( ${#procs[@]} > 0 )) || return 0
     local busy
@@ -581,12 +583,13 @@ measure_together() {  # workload round proxy...: all at once, each with its own 
     done
     w0=$EPOCHREALTIME
     c0=$(children_ticks)
+    local hdr
     for i in "${!procs[@]}"; do
-        p=${procs[i]}
-        target "$wl" "$p" "$r" || true
-        outs[i]="wrk-$wl-$p-r$r.txt"
-        timeout $((DUR_S + 30)) wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "${T_HDR[@]}" \
-            "$T_URL" >"$RUN_DIR/${outs[i]}" 2>&1 &
+        outs[i]="wrk-$wl-${procs[i]}-r$r.txt"
+        hdr=()
+        [[ -n ${hdrs[i]} ]] && hdr=(-H "${hdrs[i]}")
+        timeout $((DUR_S + 30)) wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "${hdr[@]}" \
+            "${urls[i]}" >"$RUN_DIR/${outs[i]}" 2>&1 &
         wrk_pids[i]=$!
     done
     for i in "${!procs[@]}"; do
