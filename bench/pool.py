@@ -4,7 +4,7 @@
 usage: pool.py [--json OUT.json] RESULT.json [RESULT.json ...]
 
 One run's ratio moves by a few hundredths with the machine's speed at the
-time; runs made at different times of the same binaries, pooled, average
+time; runs made at different times of the same code, pooled, average
 that drift out. For each workload and pair of proxies, this prints the
 median of all rounds' ratios of requests per CPU-second (each round's two
 proxies ran back to back) with its 95% confidence interval, and the
