@@ -516,6 +516,19 @@ other_pct() {  # machine_ticks proxies_ticks nginx_ticks children_ticks wall0 wa
 
 ticks_to_s() { awk -v a="$1" -v b="$2" -v hz="$CLK_TCK" 'BEGIN {printf "%.3f", (b - a) / hz}'; }
 
+run_wrk() {  # out url [wrk args...]: one measured load, its output in $RUN_DIR/out
+    local out=$1 url=$2
+    shift 2
+    timeout $((DUR_S + 30)) wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" \
+        >"$RUN_DIR/$out" 2>&1
+}
+
+record() {  # workload proxy round cpu out busy other how: one row of runs.tsv, and its log line
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" "$7" >>"$RUN_DIR/runs.tsv"
+    log "$1 r$3 $(printf '%-10s' "$2") $(wrk_brief "$RUN_DIR/$5"), $4 CPU-s" \
+        "($8other work: $6% before, ${7:-?}% during)"
+}
+
 measure() {  # workload proxy round
     local wl=$1 p=$2 r=$3 t0 t1 cpu out
     target "$wl" "$p" "$r" || return 0
@@ -540,8 +553,7 @@ measure() {  # workload proxy round
     w0=$EPOCHREALTIME
     c0=$(children_ticks)
     local wrk_rc=0
-    timeout $((DUR_S + 30)) wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "${hdr[@]}" "$url" \
-        >"$RUN_DIR/$out" 2>&1 || wrk_rc=$?
+    run_wrk "$out" "$url" "${hdr[@]}" || wrk_rc=$?
     c1=$(children_ticks)
     w1=$EPOCHREALTIME
     t1=$(cpu_ticks "$pid" 2>/dev/null || echo "")
@@ -555,10 +567,7 @@ measure() {  # workload proxy round
         cpu=nan
         note "$p died during $wl round $r"
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$wl" "$p" "$r" "$cpu" "$out" "$busy" "$other" \
-        >>"$RUN_DIR/runs.tsv"
-    log "$wl r$r $(printf '%-10s' "$p") $(wrk_brief "$RUN_DIR/$out"), ${cpu} CPU-s" \
-        "(other work: ${busy}% before, ${other:-?}% during)"
+    record "$wl" "$p" "$r" "$cpu" "$out" "$busy" "$other" ""
 }
 
 measure_together() {  # workload round proxy...: all at once, each with its own wrk
@@ -583,13 +592,9 @@ measure_together() {  # workload round proxy...: all at once, each with its own 
     done
     w0=$EPOCHREALTIME
     c0=$(children_ticks)
-    local hdr
     for i in "${!procs[@]}"; do
         outs[i]="wrk-$wl-${procs[i]}-r$r.txt"
-        hdr=()
-        [[ -n ${hdrs[i]} ]] && hdr=(-H "${hdrs[i]}")
-        timeout $((DUR_S + 30)) wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "${hdr[@]}" \
-            "${urls[i]}" >"$RUN_DIR/${outs[i]}" 2>&1 &
+        run_wrk "${outs[i]}" "${urls[i]}" ${hdrs[i]:+-H "${hdrs[i]}"} &
         wrk_pids[i]=$!
     done
     for i in "${!procs[@]}"; do
@@ -614,10 +619,7 @@ measure_together() {  # workload round proxy...: all at once, each with its own 
         else
             note "$p died during $wl round $r"
         fi
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$wl" "$p" "$r" "$cpu" "${outs[i]}" "$busy" \
-            "$other" >>"$RUN_DIR/runs.tsv"
-        log "$wl r$r $(printf '%-10s' "$p") $(wrk_brief "$RUN_DIR/${outs[i]}"), ${cpu} CPU-s" \
-            "(together; other work: ${busy}% before, ${other}% during)"
+        record "$wl" "$p" "$r" "$cpu" "${outs[i]}" "$busy" "$other" "together; "
     done
 }
 
