@@ -17,8 +17,9 @@
 #                                    shared machine's changing speed then hits them alike
 #                                    (only the req/CPU-s ratios mean something then)
 #   --instructions     INSTRUCTIONS=1  instead of timing, count user-space instructions
-#                                    per request under valgrind (callgrind); results
-#                                    in bench/results/instructions.json (~4 minutes)
+#                                    per request under valgrind (callgrind), with its
+#                                    simulated L1 cache misses and mispredicted branches;
+#                                    results in bench/results/instructions.json (~4 minutes)
 #                      CONNECTIONS wrk connections (64)
 #                      IDLE_CONNS  idle keep-alive connections held (5000)
 #                      NO_INSTALL=1  never apt-get install; fail if a tool is missing
@@ -153,7 +154,10 @@ drop() { unset "WANT[$1]"; note "$1: left out: $2"; }
 
 RUN_DIR=$(mktemp -d /tmp/drawbridge-bench.XXXXXX)
 if [[ $INSTRUCTIONS = 1 ]]; then
-    UNDER=(valgrind --tool=callgrind --callgrind-out-file="$RUN_DIR/callgrind.%p")
+    # With the simulated first-level caches and branch predictor: what an
+    # instruction costs also depends on the code and data it touches.
+    UNDER=(valgrind --tool=callgrind --cache-sim=yes --branch-sim=yes
+        --callgrind-out-file="$RUN_DIR/callgrind.%p")
 fi
 : >"$RUN_DIR/instructions.tsv"
 : >"$RUN_DIR/runs.tsv"
@@ -628,7 +632,7 @@ dumps_of() {  # pid: its callgrind dump files, oldest first
 }
 
 measure_instructions() {  # workload proxy pid url [-H header]: user-space instructions per request
-    local wl=$1 p=$2 pid=$3 url=$4 out="wrk-$wl-$p.txt" dump before requests ir
+    local wl=$1 p=$2 pid=$3 url=$4 out="wrk-$wl-$p.txt" dump before requests events ir i1 d1r d1w bcm bim
     shift 4
     # Warm (connection pools, caches), then count a fixed-length run from zero.
     timeout 60 wrk -t1 -c"$CONNECTIONS" -d2s "$@" "$url" >/dev/null 2>&1 || true
@@ -643,13 +647,23 @@ measure_instructions() {  # workload proxy pid url [-H header]: user-space instr
         sleep 0.1
     done
     dump=$(dumps_of "$pid" | tail -n1)
-    ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump" 2>/dev/null || true)
+    # The events callgrind counted, by name: Ir first, then the simulated
+    # L1 misses and mispredicted branches.
+    events=$(awk '
+        /^events:/ { for (i = 2; i <= NF; i++) col[$i] = i }
+        /^(summary|totals):/ {
+            n = split("Ir I1mr D1mr D1mw Bcm Bim", ev, " ")
+            for (k = 1; k <= n; k++) printf "%s ", (ev[k] in col) ? $(col[ev[k]]) : "-"
+            print ""; exit
+        }' "$dump" 2>/dev/null || true)
+    read -r ir i1 d1r d1w bcm bim <<<"$events"
     requests=$(awk '/ requests in / {print $1; exit}' "$RUN_DIR/$out")
-    if [[ -z $ir || -z $requests || $requests == 0 ]]; then
+    if [[ -z $ir || $ir == - || -z $requests || $requests == 0 ]]; then
         note "$p: no instruction count for $wl (dump ${dump:-none}, wrk: $(wrk_brief "$RUN_DIR/$out"))"
         return 0
     fi
-    printf '%s\t%s\t%s\t%s\t%s\n' "$wl" "$p" "$ir" "$requests" "$out" >>"$RUN_DIR/instructions.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$wl" "$p" "$ir" "$requests" "$out" \
+        "$i1" "$d1r" "$d1w" "$bcm" "$bim" >>"$RUN_DIR/instructions.tsv"
     log "$wl $(printf '%-10s' "$p") $requests requests, $((ir / requests)) instructions per request"
 }
 
