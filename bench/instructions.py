@@ -16,7 +16,8 @@ the optional columns are callgrind's simulated first-level cache misses
 import os
 import sys
 
-from report import LABEL, PROXIES, RATIOS, WORKLOADS, fmt_num, load_tsv, ratio, write_json
+from report import (LABEL, PROXIES, RATIOS, WORKLOADS, fmt_num, load_tsv, pair_label, ratio,
+                    write_json)
 
 # Figures per request: name, label, the tsv columns (after the fifth) summed.
 FIGURES = [
@@ -62,9 +63,8 @@ def main():
     proxies = [p for p in PROXIES
                if any(p in per_request.get(w, {}).get("instructions", {}) for w in WORKLOADS)]
     ratios = [(a, b) for a, b in RATIOS if a in proxies and b in proxies]
-    short = {"haproxy": "HAProxy", "drawbridge": "db", "bare": "bare"}
     head = ["workload", "per request"] + [LABEL[p] for p in proxies] \
-        + [f"{short[a]}/{short[b]}" for a, b in ratios]
+        + [pair_label(a, b) for a, b in ratios]
     # Ratios are "requests per unit", as for req/CPU-s: above 1 favours the first.
     rows = []
     result = {}

@@ -483,7 +483,7 @@ wrk_brief() {  # one-line summary of a wrk output file
          END {printf "%s req/s, p99 %s%s", rps ? rps : "?", p99 ? p99 : "?", n ? ", non-2xx " n : ""}' "$1"
 }
 
-target() {  # workload proxy round: sets T_PID, T_URL, T_HDR (array); fails if not running
+target() {  # workload proxy round: sets T_PID, T_URL, T_HDR (header or ""); fails if not running
     local wl=$1 p=$2 r=$3 role=$2
     T_URL=${URL[$p]}
     if [[ $wl == maint && $p == bare ]]; then
@@ -491,8 +491,7 @@ target() {  # workload proxy round: sets T_PID, T_URL, T_HDR (array); fails if n
         T_URL="http://$HOST:$PORT_BARE_MAINT/"
     fi
     T_PID=${PID[$role]:-}
-    T_HDR=()
-    [[ -n ${HDR[$p]:-} ]] && T_HDR=(-H "${HDR[$p]}")
+    T_HDR=${HDR[$p]:-}
     if [[ -z $T_PID ]] || ! running "$T_PID"; then
         [[ -n $T_PID ]] && note "$p ($role) is no longer running; skipped from $wl round $r on"
         SKIP[$wl/$p]="not running"
@@ -536,7 +535,8 @@ record() {  # workload proxy round cpu out busy other how: one row of runs.tsv, 
 measure() {  # workload proxy round
     local wl=$1 p=$2 r=$3 t0 t1 cpu out
     target "$wl" "$p" "$r" || return 0
-    local pid=$T_PID url=$T_URL hdr=("${T_HDR[@]}")
+    local pid=$T_PID url=$T_URL hdr=()
+    [[ -n $T_HDR ]] && hdr=(-H "$T_HDR")
     if [[ $INSTRUCTIONS = 1 ]]; then
         measure_instructions "$wl" "$p" "$pid" "$url" "${hdr[@]}"
         return 0
@@ -583,7 +583,7 @@ measure_together() {  # workload round proxy...: all at once, each with its own 
         procs+=("$p")
         pids+=("$T_PID")
         urls+=("$T_URL")
-        hdrs+=("${HDR[$p]:-}")
+        hdrs+=("$T_HDR")
     done
     (( ${#procs[@]} > 0 )) || return 0
     local busy
