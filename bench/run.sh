@@ -535,8 +535,7 @@ record() {  # workload proxy round cpu out busy other how: one row of runs.tsv, 
 measure() {  # workload proxy round
     local wl=$1 p=$2 r=$3 t0 t1 cpu out
     target "$wl" "$p" "$r" || return 0
-    local pid=$T_PID url=$T_URL hdr=()
-    [[ -n $T_HDR ]] && hdr=(-H "$T_HDR")
+    local pid=$T_PID url=$T_URL hdr=(${T_HDR:+-H "$T_HDR"})
     if [[ $INSTRUCTIONS = 1 ]]; then
         measure_instructions "$wl" "$p" "$pid" "$url" "${hdr[@]}"
         return 0
