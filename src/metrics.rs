@@ -3,11 +3,15 @@
 //! only touches atomics.
 
 use crate::config::{AdminState, Config, Protocol};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
 
 const CODES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -22,11 +26,105 @@ pub struct SiteMetrics {
     pub bypass_allow: IntCounter,
     pub bypass_token: IntCounter,
     pub error_page: IntCounter,
-    pub duration: Histogram,
+    pub duration: Arc<Durations>,
     /// Requests by server of the site's backend, then status class.
     pub requests: Vec<[IntCounter; 5]>,
     pub maintenance_requests: [IntCounter; 5],
     pub error_requests: [IntCounter; 5],
+}
+
+/// Upper bounds of the request-duration buckets, in nanoseconds: 0.5 ms
+/// to 30 s.
+const DURATION_BOUNDS_NS: [u64; 15] = [
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    30_000_000_000,
+];
+
+/// One site's request durations, exposed as a Prometheus histogram. Kept
+/// in one block: a request adds to its bucket and to the sum, two
+/// operations on two cache lines, where the client library's histogram
+/// takes four synchronised operations spread over several allocations.
+/// The count is the sum of the buckets; a scrape during a request may see
+/// its bucket and not yet its time in the sum.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct Durations {
+    /// Requests by bucket (`le` inclusive), the last one past 30 s.
+    buckets: [AtomicU64; DURATION_BOUNDS_NS.len() + 1],
+    /// Total time, in microseconds (rounded per request): 584k years.
+    sum_us: AtomicU64,
+}
+
+impl Durations {
+    pub fn observe(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let i = DURATION_BOUNDS_NS
+            .iter()
+            .position(|&b| ns <= b)
+            .unwrap_or(DURATION_BOUNDS_NS.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_us
+            .fetch_add(ns.saturating_add(500) / 1000, Relaxed);
+    }
+
+    fn proto(&self) -> Histogram {
+        let mut h = Histogram::default();
+        let mut count = 0;
+        for (bound, n) in DURATION_BOUNDS_NS.iter().zip(&self.buckets) {
+            count += n.load(Relaxed);
+            let mut b = Bucket::default();
+            b.set_cumulative_count(count);
+            b.set_upper_bound(*bound as f64 / 1e9);
+            h.mut_bucket().push(b);
+        }
+        count += self.buckets[DURATION_BOUNDS_NS.len()].load(Relaxed);
+        h.set_sample_count(count);
+        h.set_sample_sum(self.sum_us.load(Relaxed) as f64 / 1e6);
+        h
+    }
+}
+
+/// `drawbridge_request_duration_seconds`: every site's [`Durations`].
+struct DurationFamily {
+    desc: Desc,
+    /// Each site's labels (sorted by name, as the encoder expects) and
+    /// durations.
+    series: Vec<([LabelPair; 2], Arc<Durations>)>,
+}
+
+impl Collector for DurationFamily {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut family = MetricFamily::default();
+        family.set_name(self.desc.fq_name.clone());
+        family.set_help(self.desc.help.clone());
+        family.set_field_type(MetricType::HISTOGRAM);
+        for (labels, durations) in &self.series {
+            let mut m = Metric::default();
+            for l in labels {
+                m.mut_label().push(l.clone());
+            }
+            m.set_histogram(durations.proto());
+            family.mut_metric().push(m);
+        }
+        vec![family]
+    }
 }
 
 /// Handles for one server.
@@ -116,14 +214,37 @@ impl Metrics {
         )?;
         const DURATION: &str = "drawbridge_request_duration_seconds";
         const DURATION_HELP: &str = "Time from request header to the end of the response";
-        let duration = HistogramVec::new(
-            HistogramOpts::new(DURATION, DURATION_HELP).buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0, 30.0,
-            ]),
-            &["site", "backend"],
-        )?;
-        r.register(Box::new(duration.clone()))?;
+        let durations: Vec<Arc<Durations>> = config
+            .sites
+            .iter()
+            .map(|_| Arc::new(Durations::default()))
+            .collect();
+        r.register(Box::new(DurationFamily {
+            desc: Desc::new(
+                DURATION.to_string(),
+                DURATION_HELP.to_string(),
+                vec!["site".to_string(), "backend".to_string()],
+                Default::default(),
+            )?,
+            series: config
+                .sites
+                .iter()
+                .zip(&durations)
+                .map(|(s, d)| {
+                    let labels = [
+                        ("backend", &config.backends[s.backend].name),
+                        ("site", &s.name),
+                    ];
+                    let labels = labels.map(|(name, value)| {
+                        let mut pair = LabelPair::default();
+                        pair.set_name(name.to_string());
+                        pair.set_value(value.clone());
+                        pair
+                    });
+                    (labels, d.clone())
+                })
+                .collect(),
+        }))?;
         f.push(Family {
             name: DURATION,
             help: DURATION_HELP,
@@ -202,7 +323,8 @@ impl Metrics {
         let sites = config
             .sites
             .iter()
-            .map(|s| {
+            .zip(durations)
+            .map(|(s, duration)| {
                 let b = &config.backends[s.backend];
                 SiteMetrics {
                     maintenance_enabled: m_enabled.with_label_values(&[&s.name]),
@@ -210,7 +332,7 @@ impl Metrics {
                     bypass_allow: m_bypass.with_label_values(&[&s.name, "allow"]),
                     bypass_token: m_bypass.with_label_values(&[&s.name, "token"]),
                     error_page: err_page.with_label_values(&[&s.name]),
-                    duration: duration.with_label_values(&[&s.name, &b.name]),
+                    duration,
                     requests: b
                         .servers
                         .iter()
@@ -305,5 +427,37 @@ impl Metrics {
             }
         }
         buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bounds are inclusive, as Prometheus' `le`; the count and the sum
+    /// follow the observations.
+    #[test]
+    fn durations_fill_the_right_buckets() {
+        let d = Durations::default();
+        for ms in [0.2, 0.5, 0.5001, 3.0, 40_000.0] {
+            d.observe(Duration::from_secs_f64(ms / 1000.0));
+        }
+        let h = d.proto();
+        let cumulative: Vec<u64> = h
+            .get_bucket()
+            .iter()
+            .map(|b| b.get_cumulative_count())
+            .collect();
+        assert_eq!(&cumulative[..5], &[2, 3, 3, 4, 4]);
+        assert_eq!(cumulative[14], 4);
+        assert_eq!(h.get_bucket()[0].get_upper_bound(), 0.0005);
+        assert_eq!(h.get_bucket()[14].get_upper_bound(), 30.0);
+        assert_eq!(h.get_sample_count(), 5);
+        let sum = 0.0002 + 0.0005 + 0.0005001 + 0.003 + 40.0;
+        assert!(
+            (h.get_sample_sum() - sum).abs() < 1e-5,
+            "{}",
+            h.get_sample_sum()
+        );
     }
 }

@@ -11,16 +11,20 @@ use crate::config::{compile_paths, AdminState, Config, MaintenanceSettings};
 use crate::metrics::Metrics;
 use crate::proxy::pages::{render_error, MaintenancePage};
 use crate::proxy::route::Router;
-use crate::proxy::select::{mix, Candidate};
+use crate::proxy::select::{mix, up_bit, Candidate, ReadyTier};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use regex::RegexSet;
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -48,6 +52,8 @@ pub struct Snapshot {
     /// Per backend: every server is in `maint`, which puts its sites in
     /// maintenance.
     pub all_maint: Vec<bool>,
+    /// Per backend: its ready tier, for balancing while it is all up.
+    pub ready: Vec<Option<ReadyTier>>,
 }
 
 /// The editable part of a snapshot, handed to admin changes.
@@ -84,7 +90,15 @@ struct StateFile {
 pub struct Runtime {
     pub config: Arc<Config>,
     snapshot: ArcSwap<Snapshot>,
+    /// Which runtime a thread's cached snapshot belongs to.
+    id: u64,
+    /// Bumped after each new snapshot is stored: a thread's cached copy is
+    /// current while this has not moved.
+    generation: AtomicU64,
     pub live: Vec<Vec<ServerLive>>,
+    /// Per backend: the up bits ([`up_bit`]) of its first 64 servers, as
+    /// `live[..].up` has them, read in one load when balancing.
+    pub up_mask: Vec<AtomicU64>,
     /// Round-robin counters, one per backend.
     pub rr: Vec<AtomicU64>,
     /// Bypass-token key per site.
@@ -95,6 +109,15 @@ pub struct Runtime {
     /// Serialises admin changes and state-file writes; holds the generated
     /// bypass secret so each write keeps it.
     writer: Mutex<Option<String>>,
+}
+
+static NEXT_RUNTIME: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's copy of the last snapshot it loaded, with its runtime
+    /// and generation: taking a reference to it costs one increment, where
+    /// `ArcSwap::load_full` takes several synchronised operations.
+    static SNAPSHOT: RefCell<Option<(u64, u64, Arc<Snapshot>)>> = const { RefCell::new(None) };
 }
 
 pub fn now_ms() -> u64 {
@@ -213,7 +236,17 @@ impl Runtime {
         let metrics = Metrics::new(&config).map_err(|e| format!("metrics: {e}"))?;
         let snapshot = build_snapshot(&config, &draft)
             .map_err(|e| format!("state file {}: {}", path.display(), e.message))?;
+        let up_mask = live
+            .iter()
+            .map(|servers| {
+                let bits = (0..servers.len()).filter_map(up_bit);
+                AtomicU64::new(bits.fold(0, |m, b| m | b))
+            })
+            .collect();
         let rt = Runtime {
+            id: NEXT_RUNTIME.fetch_add(1, Relaxed),
+            generation: AtomicU64::new(0),
+            up_mask,
             rr: config.backends.iter().map(|_| AtomicU64::new(0)).collect(),
             keys,
             error_pages: config
@@ -241,9 +274,27 @@ impl Runtime {
         Ok(rt)
     }
 
-    /// The current snapshot; cheap, lock-free.
+    /// The current snapshot; cheap, lock-free. Each thread keeps the last
+    /// one it loaded and takes it again while no admin change was stored
+    /// since.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
+        let generation = self.generation.load(Acquire);
+        let cached = SNAPSHOT.try_with(|cell| {
+            let mut cell = cell.try_borrow_mut().ok()?;
+            match &*cell {
+                Some((id, g, snap)) if *id == self.id && *g == generation => Some(snap.clone()),
+                _ => {
+                    // Loaded after the generation was read: at least as new.
+                    let snap = self.snapshot.load_full();
+                    *cell = Some((self.id, generation, snap.clone()));
+                    Some(snap)
+                }
+            }
+        });
+        cached
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| self.snapshot.load_full())
     }
 
     /// Apply an admin change: edit a draft of the current state, check it,
@@ -268,6 +319,7 @@ impl Runtime {
         .map_err(|e| ApiError::new(500, format!("cannot write the state file: {e}")))?;
         self.publish_metrics(&snapshot);
         self.snapshot.store(Arc::new(snapshot));
+        self.generation.fetch_add(1, Release);
         drop(guard);
         Ok(out)
     }
@@ -320,6 +372,13 @@ impl Runtime {
     /// Mirror a health-check verdict (called on changes only).
     pub fn set_health(&self, backend: usize, server: usize, up: bool) {
         self.live[backend][server].up.store(up, Relaxed);
+        if let Some(bit) = up_bit(server) {
+            if up {
+                self.up_mask[backend].fetch_or(bit, Relaxed);
+            } else {
+                self.up_mask[backend].fetch_and(!bit, Relaxed);
+            }
+        }
         self.metrics.servers[backend][server].up.set(i64::from(up));
         let (b, s) = (
             &self.config.backends[backend],
@@ -357,10 +416,31 @@ pub fn build_snapshot(config: &Config, draft: &Draft) -> Result<Snapshot, ApiErr
         .iter()
         .map(|s| !s.is_empty() && s.iter().all(|a| a.state == AdminState::Maint))
         .collect();
+    let ready = config
+        .backends
+        .iter()
+        .zip(&draft.servers)
+        .map(|(b, admins)| {
+            let servers: Vec<Candidate> = b
+                .servers
+                .iter()
+                .zip(admins)
+                .map(|(s, a)| Candidate {
+                    state: a.state,
+                    weight: a.weight,
+                    backup: s.backup,
+                    up: true,
+                    seed: 0,
+                })
+                .collect();
+            ReadyTier::new(&servers)
+        })
+        .collect();
     Ok(Snapshot {
         sites,
         servers: draft.servers.clone(),
         all_maint,
+        ready,
     })
 }
 
@@ -441,4 +521,72 @@ fn write_state(path: &Path, state: &StateFile) -> std::io::Result<()> {
     drop(f);
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(&dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(dir: &Path) -> Runtime {
+        let yaml = format!(
+            "state_file: {}/state.json
+listeners:
+  - {{ name: web, listen: 127.0.0.1:0, protocol: http }}
+sites:
+  - {{ name: app, backend: app }}
+backends:
+  - name: app
+    servers:
+      - {{ name: a, addr: 127.0.0.1:1 }}
+      - {{ name: b, addr: 127.0.0.1:2, weight: 3 }}
+",
+            dir.display()
+        );
+        let config = crate::config::parse(&yaml, &dir.join("drawbridge.yaml"))
+            .unwrap_or_else(|e| panic!("config: {e:?}"));
+        Runtime::new(config).unwrap_or_else(|e| panic!("runtime: {e}"))
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("drawbridge-state-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        dir
+    }
+
+    /// A thread that cached a snapshot sees every later admin change at
+    /// once, and two runtimes on one thread never see each other's.
+    #[test]
+    fn cached_snapshots_follow_admin_changes() {
+        let (d1, d2) = (temp_dir("one"), temp_dir("two"));
+        let (rt, other) = (runtime(&d1), runtime(&d2));
+        assert_eq!(rt.snapshot().servers[0][0].state, AdminState::Ready);
+        assert_eq!(other.snapshot().servers[0][0].state, AdminState::Ready);
+        let ready = rt.snapshot().ready[0].clone().map(|t| t.mask);
+        assert_eq!(ready, Some(0b11));
+        rt.update(|d| {
+            d.servers[0][0].state = AdminState::Drain;
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("update: {}", e.message));
+        let snap = rt.snapshot();
+        assert_eq!(snap.servers[0][0].state, AdminState::Drain);
+        assert_eq!(snap.ready[0].as_ref().map(|t| t.mask), Some(0b10));
+        assert_eq!(other.snapshot().servers[0][0].state, AdminState::Ready);
+        let _ = std::fs::remove_dir_all(d1);
+        let _ = std::fs::remove_dir_all(d2);
+    }
+
+    #[test]
+    fn up_mask_follows_health() {
+        let dir = temp_dir("health");
+        let rt = runtime(&dir);
+        assert_eq!(rt.up_mask[0].load(Relaxed), 0b11);
+        rt.set_health(0, 1, false);
+        assert_eq!(rt.up_mask[0].load(Relaxed), 0b01);
+        rt.set_health(0, 1, true);
+        assert_eq!(rt.up_mask[0].load(Relaxed), 0b11);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -60,7 +60,13 @@ impl Proxy {
                             .as_ref()
                             .map(|st| sticky::set_cookie(st, &s.id))
                             .unwrap_or_default();
-                        HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
+                        // Kept for the life of the process, as the config
+                        // is: a static value is handed to each response
+                        // without touching a shared reference count.
+                        let v: &'static str = Box::leak(v.into_boxed_str());
+                        HeaderValue::from_str(v)
+                            .map(|_| HeaderValue::from_static(v))
+                            .unwrap_or_else(|_| HeaderValue::from_static(""))
                     })
                     .collect()
             })
@@ -150,6 +156,49 @@ impl Proxy {
 
     /// Choose a server for this request, or `None` when no server can answer.
     fn choose(&self, ctx: &mut Ctx) -> Option<usize> {
+        if ctx.tried.is_empty() {
+            if let Some(s) = self.choose_common(ctx) {
+                return Some(s);
+            }
+        }
+        self.choose_any(ctx)
+    }
+
+    /// The common cases of a first choice, decided from the snapshot and
+    /// the backend's up mask alone: a cookie naming a server that is up
+    /// and `ready` or in `drain`; no cookie, round-robin or random
+    /// balancing, and the whole ready tier up. `None` leaves the choice to
+    /// [`Proxy::choose_any`], which gives the same answer in these cases.
+    fn choose_common(&self, ctx: &mut Ctx) -> Option<usize> {
+        use crate::config::{AdminState, Balance};
+        let rt = &self.rt;
+        let b = ctx.backend;
+        let up = rt.up_mask[b].load(Relaxed);
+        let snap = ctx.snap();
+        if let Some(s) = ctx.cookie_server {
+            let state = snap.servers[b][s].state;
+            let honoured = select::up_bit(s).is_some_and(|bit| up & bit != 0)
+                && matches!(state, AdminState::Ready | AdminState::Drain);
+            if !honoured {
+                return None;
+            }
+            ctx.tier = Some(Tier::Sticky);
+            return Some(s);
+        }
+        let tier = snap.ready[b].as_ref().filter(|t| up & t.mask == t.mask)?;
+        let key = match rt.config.backends[b].balance {
+            Balance::RoundRobin => rt.rr[b].fetch_add(1, Relaxed),
+            Balance::Random => rand::random(),
+            Balance::SourceHash => return None,
+        };
+        let s = tier.pick(key);
+        ctx.tier = Some(Tier::Ready);
+        Some(s)
+    }
+
+    /// Any choice: the sticky server if it may take the request, else the
+    /// best tier of servers not tried yet.
+    fn choose_any(&self, ctx: &mut Ctx) -> Option<usize> {
         let rt = &self.rt;
         let b = ctx.backend;
         let mut cands: SmallVec<[Candidate; 8]> = SmallVec::new();
@@ -727,7 +776,7 @@ impl ProxyHttp for Proxy {
             None
         } else {
             let m = &rt.metrics.sites[ctx.site];
-            m.duration.observe(elapsed.as_secs_f64());
+            m.duration.observe(elapsed);
             match (ctx.answer, ctx.server) {
                 (Answer::Maintenance, _) => m.maintenance_requests[class].inc(),
                 (Answer::ErrorPage, _) | (_, None) => m.error_requests[class].inc(),

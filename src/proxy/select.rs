@@ -102,22 +102,78 @@ fn effective_weight(c: &Candidate) -> u64 {
 
 /// The server at position `key mod total weight` in the weighted sequence.
 fn weighted(servers: &[Candidate], key: u64, eligible: impl Fn(&usize) -> bool) -> Option<usize> {
-    let total: u64 = (0..servers.len())
-        .filter(&eligible)
-        .map(|i| effective_weight(&servers[i]))
-        .sum();
+    let seq = || {
+        (0..servers.len())
+            .filter(&eligible)
+            .map(|i| (i, effective_weight(&servers[i])))
+    };
+    let total: u64 = seq().map(|(_, w)| w).sum();
     if total == 0 {
         return None;
     }
-    let mut at = key % total;
-    for i in (0..servers.len()).filter(&eligible) {
-        let w = effective_weight(&servers[i]);
+    at_weight(seq(), key % total)
+}
+
+/// The server whose share of the weighted sequence `(server, weight)`
+/// holds position `at`.
+fn at_weight(seq: impl Iterator<Item = (usize, u64)>, mut at: u64) -> Option<usize> {
+    for (i, w) in seq {
         if at < w {
             return Some(i);
         }
         at -= w;
     }
     None
+}
+
+/// A backend's first tier as its admin state makes it: the `ready`,
+/// non-backup servers with a weight, in order. Built with each snapshot, so
+/// that a request with no cookie to honour and nothing tried yet, while
+/// every one of these servers is up (the common case), is balanced without
+/// looking at the others: [`ReadyTier::pick`] then gives what [`balance`]
+/// would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyTier {
+    /// `(server, weight)` in server order.
+    servers: Vec<(usize, u64)>,
+    total: u64,
+    /// One bit per server of the tier, to test against the backend's
+    /// [`up_bit`]s.
+    pub mask: u64,
+}
+
+/// A server's bit in its backend's up mask; `None` past the 64th server
+/// (those are only ever balanced by [`balance`]).
+pub fn up_bit(server: usize) -> Option<u64> {
+    u32::try_from(server).ok().and_then(|s| 1u64.checked_shl(s))
+}
+
+impl ReadyTier {
+    /// The tier of `servers` (their `up` is not looked at); `None` when it
+    /// is empty or a server of it has no up bit.
+    pub fn new(servers: &[Candidate]) -> Option<ReadyTier> {
+        let up = |c: &Candidate| Candidate { up: true, ..*c };
+        let mut tier = ReadyTier {
+            servers: Vec::new(),
+            total: 0,
+            mask: 0,
+        };
+        for (i, c) in servers.iter().enumerate() {
+            if in_tier(&up(c), Tier::Ready) {
+                let w = effective_weight(c);
+                tier.servers.push((i, w));
+                tier.total += w;
+                tier.mask |= up_bit(i)?;
+            }
+        }
+        (tier.total > 0).then_some(tier)
+    }
+
+    /// The server `key` picks, as [`balance`] with round-robin or random
+    /// keys picks it while the whole tier is up and nothing is excluded.
+    pub fn pick(&self, key: u64) -> usize {
+        at_weight(self.servers.iter().copied(), key % self.total).unwrap_or(self.servers[0].0)
+    }
 }
 
 /// Weighted rendezvous hashing: each client key ranks every server the same
@@ -229,6 +285,52 @@ mod tests {
             );
         }
         assert_eq!(balance(&s, Balance::RoundRobin, 0, false, &[0, 1]), None);
+    }
+
+    /// The ready tier picks what `balance` picks whenever every one of
+    /// its servers is up, over many mixes of states, weights and keys.
+    #[test]
+    fn ready_tier_picks_as_balance_does() {
+        let states = [Ready, Drain, Maint];
+        let mut seen_ready = 0;
+        for case in 0..2000u64 {
+            let h = mix(case);
+            let n = 1 + (h % 6) as usize;
+            let servers: Vec<Candidate> = (0..n)
+                .map(|i| {
+                    let bits = mix(h ^ i as u64);
+                    c(
+                        states[(bits % 3) as usize],
+                        (bits >> 8) as u32 % 4,
+                        bits >> 16 & 3 == 0,
+                        bits >> 20 & 7 != 0,
+                    )
+                })
+                .collect();
+            let tier = ReadyTier::new(&servers);
+            let all_up = servers
+                .iter()
+                .enumerate()
+                .all(|(i, s)| s.up || tier.as_ref().is_none_or(|t| t.mask & 1 << i == 0));
+            let Some(tier) = tier.filter(|_| all_up) else {
+                continue;
+            };
+            seen_ready += 1;
+            for key in 0..12 {
+                let k = mix(key ^ h);
+                assert_eq!(
+                    balance(&servers, Balance::RoundRobin, k, false, &[]),
+                    Some((tier.pick(k), Tier::Ready)),
+                    "case {case}, key {k}: {servers:?}"
+                );
+            }
+        }
+        assert!(seen_ready > 300, "only {seen_ready} cases had a ready tier");
+        // No ready server: no tier; past the 64th server: no bit.
+        assert_eq!(ReadyTier::new(&[c(Drain, 1, false, true)]), None);
+        let many: Vec<Candidate> = (0..65).map(|_| c(Ready, 1, false, true)).collect();
+        assert_eq!(ReadyTier::new(&many), None);
+        assert_eq!(ReadyTier::new(&many[..64]).map(|t| t.mask), Some(u64::MAX));
     }
 
     #[test]
