@@ -170,18 +170,22 @@ impl Proxy {
     /// balancing, and the whole ready tier up. `None` leaves the choice to
     /// [`Proxy::choose_any`], which gives the same answer in these cases.
     fn choose_common(&self, ctx: &mut Ctx) -> Option<usize> {
-        use crate::config::{AdminState, Balance};
+        use crate::config::Balance;
         let rt = &self.rt;
         let b = ctx.backend;
         let up = rt.up_mask[b].load(Relaxed);
         let snap = ctx.snap();
         if let Some(s) = ctx.cookie_server {
-            let state = snap.servers[b][s].state;
-            let honoured = select::up_bit(s).is_some_and(|bit| up & bit != 0)
-                && matches!(state, AdminState::Ready | AdminState::Drain);
-            if !honoured {
-                return None;
-            }
+            // The same rule as `choose_any`, without a bypass: a server in
+            // `maint` is left to it.
+            let c = Candidate {
+                state: snap.servers[b][s].state,
+                weight: 0,
+                backup: false,
+                up: select::up_bit(s).is_some_and(|bit| up & bit != 0),
+                seed: 0,
+            };
+            select::sticky_target(&c, false).ok()?;
             ctx.tier = Some(Tier::Sticky);
             return Some(s);
         }
