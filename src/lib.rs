@@ -22,14 +22,15 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod bypass;
 pub mod config;
 pub mod demo;
 pub mod health;
 pub mod httpc;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod state;
 pub mod tcp;
+pub mod wire;

@@ -5,36 +5,102 @@
 //! request costs no write system call of its own. Other records are written
 //! at once.
 //!
-//! The HTTP proxy writes its access-log lines through [`access`], which
-//! formats them by hand: `fmt` machinery would cost more than the rest of
-//! drawbridge's work on a request.
+//! Each thread batches its lines in a buffer of its own, so a request takes
+//! no lock that another request could hold: only the flusher looks at a
+//! thread's buffer besides its thread. Lines leave in writes of whole lines
+//! of at most `PIPE_BUF` bytes, so lines of different threads never mix,
+//! even on a pipe.
+//!
+//! The HTTP proxy formats its lines with [`access_line`], by hand: `fmt`
+//! machinery would cost more than the rest of drawbridge's work on a
+//! request.
 
+use crate::wire::{push_decimal, push_ip};
 use log::{Log, Metadata, Record};
 use std::cell::RefCell;
+use std::fs::File;
 use std::io::Write;
+use std::net::IpAddr;
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// One thread's pending access-log lines.
+type Shard = Arc<Mutex<Vec<u8>>>;
 
 thread_local! {
     /// The current second and its RFC 3339 text, per thread.
     static TIMESTAMP: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    /// This thread's shard, registered on its first line.
+    static SHARD: RefCell<Option<Shard>> = const { RefCell::new(None) };
 }
 
-/// Pending access-log lines, set by [`init`].
-static ACCESS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+/// Where access lines go and every thread's shard, set by [`init`].
+struct Access {
+    out: File,
+    /// Locked when a thread writes its first line and by the flusher.
+    shards: Mutex<Vec<Shard>>,
+}
+
+static ACCESS: OnceLock<Access> = OnceLock::new();
 
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 const FLUSH_BYTES: usize = 64 * 1024;
+/// The largest write a pipe takes whole (POSIX `PIPE_BUF` on Linux).
+const ATOMIC_WRITE: usize = 4096;
 
 struct Logger {
     inner: env_logger::Logger,
-    access: Arc<Mutex<Vec<u8>>>,
 }
 
-fn write_out(buf: &mut Vec<u8>) {
-    if !buf.is_empty() {
-        let _ = std::io::stderr().lock().write_all(buf);
-        buf.clear();
+fn lock(buf: &Mutex<Vec<u8>>) -> MutexGuard<'_, Vec<u8>> {
+    buf.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Write `buf` out in whole lines, at most [`ATOMIC_WRITE`] bytes a write
+/// (a longer line goes alone), and empty it.
+fn write_out(out: &File, buf: &mut Vec<u8>) {
+    let mut rest = &buf[..];
+    while !rest.is_empty() {
+        let window = &rest[..rest.len().min(ATOMIC_WRITE)];
+        let end = match window.iter().rposition(|&b| b == b'\n') {
+            Some(nl) => nl + 1,
+            None => rest
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len(), |nl| nl + 1),
+        };
+        if (&*out).write_all(&rest[..end]).is_err() {
+            break;
+        }
+        rest = &rest[end..];
+    }
+    buf.clear();
+}
+
+/// Run `f` on this thread's shard, registering it on first use.
+fn with_shard(access: &Access, f: impl FnOnce(&mut Vec<u8>)) {
+    let shard = SHARD.try_with(|cell| {
+        cell.borrow_mut()
+            .get_or_insert_with(|| {
+                let shard = Arc::new(Mutex::new(Vec::with_capacity(FLUSH_BYTES)));
+                access
+                    .shards
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(shard.clone());
+                shard
+            })
+            .clone()
+    });
+    match shard {
+        Ok(shard) => f(&mut lock(&shard)),
+        // The thread is exiting: its own one-line buffer.
+        Err(_) => {
+            let mut buf = Vec::new();
+            f(&mut buf);
+            write_out(&access.out, &mut buf);
+        }
     }
 }
 
@@ -44,28 +110,31 @@ impl Log for Logger {
     }
 
     fn log(&self, record: &Record) {
+        let Some(access) = ACCESS.get() else {
+            self.inner.log(record);
+            return;
+        };
         if record.target() != "access" {
-            // Keep order: pending access lines go out before this record.
-            self.flush();
+            // Keep this thread's order: its pending access lines first.
+            if let Ok(Some(shard)) = SHARD.try_with(|c| c.borrow().clone()) {
+                write_out(&access.out, &mut lock(&shard));
+            }
             self.inner.log(record);
             return;
         }
         if !self.inner.matches(record) {
             return;
         }
-        let mut buf = lock(&self.access);
-        start_line(&mut buf);
-        let _ = write!(buf, "{}", record.args());
-        end_line(&mut buf);
+        with_shard(access, |buf| {
+            start_line(buf);
+            let _ = write!(buf, "{}", record.args());
+            end_line(&access.out, buf);
+        });
     }
 
     fn flush(&self) {
-        write_out(&mut lock(&self.access));
+        flush_access();
     }
-}
-
-fn lock(buf: &Mutex<Vec<u8>>) -> MutexGuard<'_, Vec<u8>> {
-    buf.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `[<RFC 3339 time> INFO  access] `, the prefix env_logger gives records.
@@ -88,10 +157,60 @@ fn start_line(buf: &mut Vec<u8>) {
     });
 }
 
-fn end_line(buf: &mut Vec<u8>) {
+fn end_line(out: &File, buf: &mut Vec<u8>) {
     buf.push(b'\n');
     if buf.len() >= FLUSH_BYTES {
-        write_out(buf);
+        write_out(out, buf);
+    }
+}
+
+/// One proxied request, as its access-log line tells it.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessEntry<'a> {
+    pub client: IpAddr,
+    /// `-` when no site matched.
+    pub site: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    /// 0 when nothing was answered.
+    pub status: u16,
+    /// Empty for a local answer.
+    pub backend: &'a str,
+    /// The server, or `maintenance`, `error` or `-` for a local answer.
+    pub server: &'a str,
+    pub micros: u64,
+    pub error: Option<&'a str>,
+}
+
+/// `client site METHOD /path status backend/server 1.234ms [error=...]`
+/// (CONTRACT section 8), appended to `line`.
+pub fn access_line(line: &mut Vec<u8>, e: &AccessEntry) {
+    push_ip(line, e.client);
+    for field in [e.site, e.method, e.path] {
+        line.push(b' ');
+        line.extend_from_slice(field.as_bytes());
+    }
+    line.push(b' ');
+    push_decimal(line, u64::from(e.status));
+    line.push(b' ');
+    if !e.backend.is_empty() {
+        line.extend_from_slice(e.backend.as_bytes());
+        line.push(b'/');
+    }
+    line.extend_from_slice(e.server.as_bytes());
+    line.push(b' ');
+    push_decimal(line, e.micros / 1000);
+    let frac = e.micros % 1000;
+    line.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+    line.extend_from_slice(b"ms");
+    if let Some(err) = e.error {
+        line.extend_from_slice(b" error=");
+        line.extend_from_slice(err.as_bytes());
     }
 }
 
@@ -101,19 +220,26 @@ pub fn access_enabled() -> bool {
     ACCESS.get().is_some() && log::log_enabled!(target: "access", log::Level::Info)
 }
 
-/// Queue one access-log line: `line` appends its text (no newline).
-pub fn access(line: impl FnOnce(&mut Vec<u8>)) {
-    let Some(pending) = ACCESS.get() else { return };
-    let mut buf = lock(pending);
-    start_line(&mut buf);
-    line(&mut buf);
-    end_line(&mut buf);
+/// Queue one access-log line for this request.
+pub fn access(entry: &AccessEntry) {
+    let Some(access) = ACCESS.get() else { return };
+    with_shard(access, |buf| {
+        start_line(buf);
+        access_line(buf, entry);
+        end_line(&access.out, buf);
+    });
 }
 
-/// Write pending access-log lines now.
+/// Write every thread's pending access-log lines now.
 pub fn flush_access() {
-    if let Some(pending) = ACCESS.get() {
-        write_out(&mut lock(pending));
+    let Some(access) = ACCESS.get() else { return };
+    let shards: Vec<Shard> = access
+        .shards
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for shard in shards {
+        write_out(&access.out, &mut lock(&shard));
     }
 }
 
@@ -149,35 +275,26 @@ impl pingora_core::services::background::BackgroundService for Flusher {
     }
 }
 
-/// Append the decimal digits of `n`.
-pub fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
-}
-
 /// Install the logger; call once at start.
 pub fn init() {
     let inner =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
     let max = inner.filter();
-    let access = Arc::new(Mutex::new(Vec::with_capacity(FLUSH_BYTES)));
-    if log::set_boxed_logger(Box::new(Logger {
-        inner,
-        access: access.clone(),
-    }))
-    .is_ok()
-    {
+    let out = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(File::from);
+    if log::set_boxed_logger(Box::new(Logger { inner })).is_ok() {
         log::set_max_level(max);
-        let _ = ACCESS.set(access);
+        match out {
+            Ok(out) => {
+                let _ = ACCESS.set(Access {
+                    out,
+                    shards: Mutex::new(Vec::new()),
+                });
+            }
+            Err(e) => log::warn!("access log off: cannot use stderr: {e}"),
+        }
     }
 }
 
@@ -185,12 +302,56 @@ pub fn init() {
 mod tests {
     use super::*;
 
+    fn line(e: &AccessEntry) -> String {
+        let mut buf = Vec::new();
+        access_line(&mut buf, e);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
     #[test]
-    fn decimals() {
-        for n in [0u64, 7, 10, 99, 100, 65535, u64::MAX] {
-            let mut buf = Vec::new();
-            push_decimal(&mut buf, n);
-            assert_eq!(buf, n.to_string().into_bytes());
+    fn access_lines() {
+        let e = AccessEntry {
+            client: IpAddr::from([203, 0, 113, 7]),
+            site: "app",
+            method: "GET",
+            path: "/cart",
+            status: 200,
+            backend: "app",
+            server: "app-01",
+            micros: 1_234,
+            error: None,
+        };
+        assert_eq!(line(&e), "203.0.113.7 app GET /cart 200 app/app-01 1.234ms");
+        let local = AccessEntry {
+            backend: "",
+            server: "maintenance",
+            status: 503,
+            micros: 56_007,
+            error: Some("ReadTimedout"),
+            ..e
+        };
+        assert_eq!(
+            line(&local),
+            "203.0.113.7 app GET /cart 503 maintenance 56.007ms error=ReadTimedout"
+        );
+    }
+
+    #[test]
+    fn writes_whole_lines_within_pipe_buf() {
+        let path = std::env::temp_dir().join(format!("drawbridge-log-{}", std::process::id()));
+        let out = File::create(&path).unwrap_or_else(|e| panic!("{e}"));
+        let mut buf = Vec::new();
+        for i in 0..500 {
+            buf.extend_from_slice(format!("line {i:04} {}\n", "x".repeat(i % 50)).as_bytes());
         }
+        let long = "y".repeat(ATOMIC_WRITE + 10);
+        buf.extend_from_slice(long.as_bytes());
+        buf.push(b'\n');
+        let expected = buf.clone();
+        write_out(&out, &mut buf);
+        assert!(buf.is_empty());
+        let written = std::fs::read(&path).unwrap_or_default();
+        assert_eq!(written, expected);
+        let _ = std::fs::remove_file(path);
     }
 }

@@ -27,7 +27,7 @@ pub struct MetricsApp {
 impl ServeHttp for MetricsApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let (status, ctype, body) = if session.req_header().uri.path() == "/metrics" {
-            (200, "text/plain; version=0.0.4", self.rt.metrics.render())
+            (200, "text/plain; version=0.0.4", self.rt.render_metrics())
         } else {
             (404, "text/plain", b"see /metrics\n".to_vec())
         };
@@ -101,11 +101,10 @@ pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
     };
     let conf = ServerConf {
         threads: settings.threads,
-        // Pingora's no-steal runtime: each worker thread runs its own
-        // connections to the end (the proxy's read deadlines live in a table
-        // per thread, `proxy::deadline`), without the multi-threaded
-        // scheduler's cross-thread wake-ups.
-        work_stealing: false,
+        // One worker thread runs its connections to the end without the
+        // multi-threaded scheduler's cross-thread wake-ups; several steal
+        // work from each other (as the bare Pingora proxy of bench/ does).
+        work_stealing: settings.threads > 1,
         // Pingora's timeouts of a second or more (keep-alive, health checks,
         // the local answers' body discard) use tokio's timer, armed only when the wrapped I/O has to wait and
         // removed when it completes. Pingora's own 10 ms wheel (its default

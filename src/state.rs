@@ -5,13 +5,12 @@
 //! state file, and only then swaps it in. Live figures (health, requests in
 //! flight, last sticky request) are atomics beside it.
 
-use crate::admin::ApiError;
-use crate::bypass;
-use crate::config::{compile_paths, AdminState, Config, MaintenanceSettings};
+use crate::config::{check, compile_paths, AdminState, Config, MaintenanceSettings};
 use crate::metrics::Metrics;
-use crate::proxy::pages::{render_error, MaintenancePage};
-use crate::proxy::route::Router;
-use crate::proxy::select::{mix, up_bit, Candidate, ReadyTier};
+use crate::policy::bypass;
+use crate::policy::pages::{render_error, MaintenancePage};
+use crate::policy::route::Router;
+use crate::policy::select::{mix, up_bit, Candidate, ReadyTier};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use regex::RegexSet;
@@ -27,6 +26,45 @@ use std::sync::atomic::{
 };
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Why a change of the runtime state was refused; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateError {
+    /// A setting out of its bounds (see [`crate::config::check`]).
+    Invalid(String),
+    /// The state file could not be written.
+    Storage(String),
+    /// A rendering step failed that no input should make fail.
+    Internal(String),
+}
+
+impl std::fmt::Display for StateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateError::Invalid(m) | StateError::Storage(m) | StateError::Internal(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+/// A request or connection in flight to a server: counted while this
+/// lives, so no path can forget the decrement.
+#[derive(Debug)]
+pub struct InFlight(Arc<ServerLive>);
+
+impl InFlight {
+    pub fn new(server: &Arc<ServerLive>) -> InFlight {
+        server.inflight.fetch_add(1, Relaxed);
+        InFlight(server.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Relaxed);
+    }
+}
 
 /// A server's operator-set state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +105,8 @@ pub struct Draft {
 #[derive(Debug)]
 pub struct ServerLive {
     pub up: AtomicBool,
+    /// Requests (HTTP) and connections (TCP) in flight; see [`InFlight`].
+    pub inflight: AtomicU64,
     /// Unix milliseconds of the last request routed here by its cookie; 0 = never.
     pub last_sticky_ms: AtomicU64,
     pub requests_total: AtomicU64,
@@ -95,7 +135,7 @@ pub struct Runtime {
     /// Bumped after each new snapshot is stored: a thread's cached copy is
     /// current while this has not moved.
     generation: AtomicU64,
-    pub live: Vec<Vec<ServerLive>>,
+    pub live: Vec<Vec<Arc<ServerLive>>>,
     /// Per backend: the up bits ([`up_bit`]) of its first 64 servers, as
     /// `live[..].up` has them, read in one load when balancing.
     pub up_mask: Vec<AtomicU64>,
@@ -182,8 +222,8 @@ pub fn initial_state(config: &Config) -> Result<(Draft, Option<String>), String>
             }
         }
     }
-    build_snapshot(config, &draft)
-        .map_err(|e| format!("state file {}: {}", path.display(), e.message))?;
+    build_snapshot(config, &draft).map_err(|e| format!("state file {}: {e}", path.display()))?;
+    log_restored(config, &draft, path);
     Ok((draft, file.bypass_secret))
 }
 
@@ -223,19 +263,20 @@ impl Runtime {
                             b.name, s.name, s.addr
                         )
                     })?;
-                servers.push(ServerLive {
+                servers.push(Arc::new(ServerLive {
                     up: AtomicBool::new(true),
+                    inflight: AtomicU64::new(0),
                     last_sticky_ms: AtomicU64::new(0),
                     requests_total: AtomicU64::new(0),
                     seed: mix(u64::from_str_radix(&s.id, 16).unwrap_or(0)),
                     addr,
-                });
+                }));
             }
             live.push(servers);
         }
         let metrics = Metrics::new(&config).map_err(|e| format!("metrics: {e}"))?;
         let snapshot = build_snapshot(&config, &draft)
-            .map_err(|e| format!("state file {}: {}", path.display(), e.message))?;
+            .map_err(|e| format!("state file {}: {e}", path.display()))?;
         let up_mask = live
             .iter()
             .map(|servers| {
@@ -300,10 +341,10 @@ impl Runtime {
     /// Apply an admin change: edit a draft of the current state, check it,
     /// write it to the state file, then make it the state the next request
     /// sees. Nothing changes when any step fails.
-    pub fn update<T>(
+    pub fn update<T, E: From<StateError>>(
         &self,
-        edit: impl FnOnce(&mut Draft) -> Result<T, ApiError>,
-    ) -> Result<T, ApiError> {
+        edit: impl FnOnce(&mut Draft) -> Result<T, E>,
+    ) -> Result<T, E> {
         let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.snapshot.load();
         let mut draft = Draft {
@@ -316,7 +357,7 @@ impl Runtime {
             &self.config.state_file,
             &to_file(&self.config, &draft, guard.as_deref()),
         )
-        .map_err(|e| ApiError::new(500, format!("cannot write the state file: {e}")))?;
+        .map_err(|e| StateError::Storage(format!("cannot write the state file: {e}")))?;
         self.publish_metrics(&snapshot);
         self.snapshot.store(Arc::new(snapshot));
         self.generation.fetch_add(1, Release);
@@ -330,6 +371,18 @@ impl Runtime {
             &self.config.state_file,
             &to_file(&self.config, draft, guard.as_deref()),
         )
+    }
+
+    /// The metrics text, with the gauges read from live figures at scrape
+    /// time (requests in flight) brought up to date first.
+    pub fn render_metrics(&self) -> Vec<u8> {
+        for (metrics, live) in self.metrics.servers.iter().zip(&self.live) {
+            for (m, l) in metrics.iter().zip(live) {
+                m.inflight
+                    .set(i64::try_from(l.inflight.load(Relaxed)).unwrap_or(i64::MAX));
+            }
+        }
+        self.metrics.render()
     }
 
     fn publish_metrics(&self, snap: &Snapshot) {
@@ -392,24 +445,32 @@ impl Runtime {
     }
 }
 
-/// Compile and render a draft into a snapshot; a bad value is a 400.
-pub fn build_snapshot(config: &Config, draft: &Draft) -> Result<Snapshot, ApiError> {
+/// Check, compile and render a draft into a snapshot. The same checks
+/// whether the draft comes from the API or the state file.
+pub fn build_snapshot(config: &Config, draft: &Draft) -> Result<Snapshot, StateError> {
     let mut sites = Vec::with_capacity(draft.sites.len());
     for (site, settings) in config.sites.iter().zip(&draft.sites) {
+        check::maintenance(settings).map_err(StateError::Invalid)?;
         let paths = compile_paths(&settings.paths)
-            .map_err(|e| ApiError::new(400, format!("paths: invalid regex: {e}")))?;
+            .map_err(|e| StateError::Invalid(format!("paths: invalid regex: {e}")))?;
         let page = MaintenancePage::render(
             &site.maintenance_page,
             &site.name,
             settings.retry_after,
             settings.message.as_deref(),
         )
-        .map_err(|e| ApiError::new(500, format!("cannot build the maintenance answer: {e}")))?;
+        .map_err(|e| StateError::Internal(format!("cannot build the maintenance answer: {e}")))?;
         sites.push(SiteState {
             settings: settings.clone(),
             paths,
             page,
         });
+    }
+    for (b, admins) in config.backends.iter().zip(&draft.servers) {
+        for (s, a) in b.servers.iter().zip(admins) {
+            check::weight(i64::from(a.weight))
+                .map_err(|e| StateError::Invalid(format!("{}/{}: weight {e}", b.name, s.name)))?;
+        }
     }
     let all_maint = draft
         .servers
@@ -442,6 +503,52 @@ pub fn build_snapshot(config: &Config, draft: &Draft) -> Result<Snapshot, ApiErr
         all_maint,
         ready,
     })
+}
+
+/// Say at start what the state file changed from the config: sites in
+/// maintenance and servers not `ready`, so that a restart that restores
+/// them is never silent.
+fn log_restored(config: &Config, draft: &Draft, path: &Path) {
+    let sites: Vec<&str> = config
+        .sites
+        .iter()
+        .zip(&draft.sites)
+        .filter(|(_, m)| m.enabled)
+        .map(|(s, _)| s.name.as_str())
+        .collect();
+    let servers: Vec<String> = config
+        .backends
+        .iter()
+        .zip(&draft.servers)
+        .flat_map(|(b, admins)| {
+            b.servers
+                .iter()
+                .zip(admins)
+                .filter(|(_, a)| a.state != AdminState::Ready)
+                .map(move |(s, a)| format!("{}/{} {}", b.name, s.name, a.state.as_str()))
+        })
+        .collect();
+    if sites.is_empty() && servers.is_empty() {
+        log::info!(
+            "state {}: every site open, every server ready",
+            path.display()
+        );
+        return;
+    }
+    if !sites.is_empty() {
+        log::warn!(
+            "state {}: restored maintenance ON for site(s) {}",
+            path.display(),
+            sites.join(", ")
+        );
+    }
+    if !servers.is_empty() {
+        log::warn!(
+            "state {}: restored server state(s) {}",
+            path.display(),
+            servers.join(", ")
+        );
+    }
 }
 
 fn to_file(config: &Config, draft: &Draft, secret: Option<&str>) -> StateFile {
@@ -569,7 +676,7 @@ backends:
             d.servers[0][0].state = AdminState::Drain;
             Ok(())
         })
-        .unwrap_or_else(|e| panic!("update: {}", e.message));
+        .unwrap_or_else(|e: StateError| panic!("update: {e}"));
         let snap = rt.snapshot();
         assert_eq!(snap.servers[0][0].state, AdminState::Drain);
         assert_eq!(snap.ready[0].as_ref().map(|t| t.mask), Some(0b10));

@@ -6,9 +6,9 @@
 //! clients outside `allow` are closed at once. Bytes are copied both ways
 //! until both sides are done, with connect and idle timeouts.
 
-use crate::proxy::gate;
-use crate::proxy::select::{self, Candidate};
-use crate::state::Runtime;
+use crate::policy::gate;
+use crate::policy::select::{self, Candidate};
+use crate::state::{InFlight, Runtime};
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::Stream;
@@ -44,11 +44,7 @@ impl TcpProxy {
         let mut cands: SmallVec<[Candidate; 8]> = SmallVec::new();
         rt.candidates_into(&snap, b, |c| cands.push(c));
         let backend = &rt.config.backends[b];
-        let key = match backend.balance {
-            crate::config::Balance::RoundRobin => rt.rr[b].fetch_add(1, Relaxed),
-            crate::config::Balance::Random => rand::random(),
-            crate::config::Balance::SourceHash => select::mix(crate::proxy::ip_key(client)),
-        };
+        let key = select::balance_key(backend.balance, &rt.rr[b], client);
         select::balance(&cands, backend.balance, key, allowed, tried).map(|(s, _)| s)
     }
 }
@@ -106,15 +102,13 @@ impl ServerApp for TcpProxy {
         let (s, mut upstream) = upstream;
         let _ = upstream.set_nodelay(true);
         let server = &backend.servers[s];
-        let m = &rt.metrics.servers[self.backend][s];
-        m.inflight.inc();
-        rt.live[self.backend][s]
-            .requests_total
-            .fetch_add(1, Relaxed);
+        let live = &rt.live[self.backend][s];
+        let inflight = InFlight::new(live);
+        live.requests_total.fetch_add(1, Relaxed);
         rt.metrics.tcp[self.listener][s].inc();
         let start = std::time::Instant::now();
         let result = pump(&mut client, &mut upstream, backend.read_timeout).await;
-        m.inflight.dec();
+        drop(inflight);
         let (up, down) = result.unwrap_or((0, 0));
         log::info!(
             target: "access",

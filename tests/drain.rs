@@ -7,8 +7,8 @@
 mod common;
 
 use common::*;
+use drawbridge::config::server_id;
 use drawbridge::httpc::{self, Request, Response};
-use drawbridge::proxy::sticky::server_id;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};

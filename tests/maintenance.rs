@@ -7,8 +7,8 @@
 mod common;
 
 use common::*;
-use drawbridge::bypass;
 use drawbridge::httpc::{Conn, Request, Response};
+use drawbridge::policy::bypass;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -313,7 +313,7 @@ fn bad_cookies_and_odd_hosts_never_break_requests() {
     );
     assert_eq!(r.status, 200);
     // A cookie naming a server of another backend (same server name).
-    let foreign = drawbridge::proxy::sticky::server_id("other", "app-01");
+    let foreign = drawbridge::config::server_id("other", "app-01");
     let r = d.send(Request::new("GET", "/").header("Cookie", format!("SERVERID={foreign}")));
     assert_eq!(r.status, 200);
     assert!(set_cookie_value(&r, "SERVERID").is_some());

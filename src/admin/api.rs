@@ -2,8 +2,8 @@
 //! `Runtime::update`, and answers the resource as JSON.
 
 use super::{ApiError, ApiResult};
-use crate::bypass;
-use crate::config::{parse_cidr, AdminState, MAX_RETRY_AFTER};
+use crate::config::{check, parse_cidr, AdminState};
+use crate::policy::bypass;
 use crate::state::{now_ms, Runtime, Snapshot};
 use http::Method;
 use serde::de::DeserializeOwned;
@@ -12,12 +12,8 @@ use serde_json::{json, Value};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, UNIX_EPOCH};
 
-const MAX_MESSAGE: usize = 2000;
-const MAX_PATHS: usize = 64;
-const MAX_ALLOW: usize = 4096;
 const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 const MAX_WAIT_SECS: u64 = 24 * 3600;
-pub const MAX_WEIGHT: u32 = 256;
 
 pub async fn route(
     rt: &Runtime,
@@ -165,7 +161,7 @@ fn server_json(rt: &Runtime, snap: &Snapshot, b: usize, s: usize) -> Value {
         "health": if live.up.load(Relaxed) { "up" } else { "down" },
         "weight": admin.weight,
         "backup": conf.backup,
-        "inflight": rt.metrics.servers[b][s].inflight.get(),
+        "inflight": live.inflight.load(Relaxed),
         "sticky_last_seen": rfc3339_ms(live.last_sticky_ms.load(Relaxed)),
         "requests_total": live.requests_total.load(Relaxed),
     })
@@ -207,33 +203,8 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Strin
 }
 
 impl MaintenanceBody {
-    fn check(&self) -> Result<(), ApiError> {
-        if let Some(r) = self.retry_after {
-            if r == 0 || r > MAX_RETRY_AFTER {
-                return Err(ApiError::bad(format!(
-                    "retry_after must be between 1 and {MAX_RETRY_AFTER} seconds"
-                )));
-            }
-        }
-        if let Some(paths) = &self.paths {
-            if paths.len() > MAX_PATHS {
-                return Err(ApiError::bad(format!("at most {MAX_PATHS} paths")));
-            }
-            for p in paths {
-                regex::Regex::new(p)
-                    .map_err(|e| ApiError::bad(format!("paths: invalid regex {p:?}: {e}")))?;
-            }
-        }
-        if let Some(Some(m)) = &self.message {
-            if m.chars().count() > MAX_MESSAGE {
-                return Err(ApiError::bad(format!(
-                    "message longer than {MAX_MESSAGE} characters"
-                )));
-            }
-        }
-        Ok(())
-    }
-
+    /// The settings are checked when the change is applied
+    /// ([`crate::config::check::maintenance`]).
     fn apply(&self, s: &mut crate::config::MaintenanceSettings) {
         s.enabled = self.enabled;
         if let Some(r) = self.retry_after {
@@ -257,20 +228,18 @@ fn log_maintenance(rt: &Runtime, i: usize, b: &MaintenanceBody) {
 }
 
 fn maintenance(rt: &Runtime, i: usize, body: MaintenanceBody) -> ApiResult {
-    body.check()?;
     rt.update(|d| {
         body.apply(&mut d.sites[i]);
-        Ok(())
+        Ok::<_, ApiError>(())
     })?;
     log_maintenance(rt, i, &body);
     Ok((200, site_json(rt, &rt.snapshot(), i)))
 }
 
 fn maintenance_all(rt: &Runtime, body: MaintenanceBody) -> ApiResult {
-    body.check()?;
     rt.update(|d| {
         d.sites.iter_mut().for_each(|s| body.apply(s));
-        Ok(())
+        Ok::<_, ApiError>(())
     })?;
     let snap = rt.snapshot();
     for i in 0..rt.config.sites.len() {
@@ -294,11 +263,6 @@ fn allow(rt: &Runtime, i: usize, add: bool, body: AllowBody) -> ApiResult {
     rt.update(|d| {
         let list = &mut d.sites[i].allow;
         if add {
-            if list.len() >= MAX_ALLOW {
-                return Err(ApiError::bad(format!(
-                    "the allow list is full ({MAX_ALLOW} entries)"
-                )));
-            }
             if !list.contains(&net) {
                 list.push(net);
             }
@@ -376,15 +340,10 @@ struct StateBody {
 }
 
 fn set_state(rt: &Runtime, b: usize, s: usize, body: StateBody) -> ApiResult {
-    let state = AdminState::parse(&body.state).ok_or_else(|| {
-        ApiError::bad(format!(
-            "unknown state {:?}, expected ready, drain or maint",
-            body.state
-        ))
-    })?;
+    let state = check::admin_state(&body.state).map_err(ApiError::bad)?;
     rt.update(|d| {
         d.servers[b][s].state = state;
-        Ok(())
+        Ok::<_, ApiError>(())
     })?;
     log::warn!(
         "admin: server {}/{} state {}",
@@ -402,13 +361,10 @@ struct WeightBody {
 }
 
 fn set_weight(rt: &Runtime, b: usize, s: usize, body: WeightBody) -> ApiResult {
-    let weight = u32::try_from(body.weight)
-        .ok()
-        .filter(|w| *w <= MAX_WEIGHT)
-        .ok_or_else(|| ApiError::bad(format!("weight must be between 0 and {MAX_WEIGHT}")))?;
+    let weight = check::weight(body.weight).map_err(|e| ApiError::bad(format!("weight {e}")))?;
     rt.update(|d| {
         d.servers[b][s].weight = weight;
-        Ok(())
+        Ok::<_, ApiError>(())
     })?;
     log::warn!(
         "admin: server {}/{} weight {weight}",
@@ -445,15 +401,14 @@ fn query_secs(query: &str, key: &str, default: u64) -> Result<u64, ApiError> {
 /// routed here by its cookie for `idle`.
 fn drain_status(rt: &Runtime, b: usize, s: usize, idle: u64) -> (bool, Value) {
     let snap = rt.snapshot();
-    let inflight = rt.metrics.servers[b][s].inflight.get();
+    let inflight = rt.live[b][s].inflight.load(Relaxed);
     let last = rt.live[b][s].last_sticky_ms.load(Relaxed);
     let since = if last == 0 {
         None
     } else {
         Some(now_ms().saturating_sub(last) / 1000)
     };
-    let out_of_rotation = snap.servers[b][s].state != AdminState::Ready;
-    let drained = out_of_rotation && inflight == 0 && since.is_none_or(|s| s >= idle);
+    let drained = crate::policy::drain::drained(snap.servers[b][s].state, inflight, since, idle);
     let mut v = server_json(rt, &snap, b, s);
     v["drained"] = Value::Bool(drained);
     v["idle"] = json!(idle);

@@ -39,6 +39,16 @@ impl ApiError {
     }
 }
 
+impl From<crate::state::StateError> for ApiError {
+    fn from(e: crate::state::StateError) -> ApiError {
+        use crate::state::StateError::*;
+        match e {
+            Invalid(m) => ApiError::bad(m),
+            Storage(m) | Internal(m) => ApiError::new(500, m),
+        }
+    }
+}
+
 pub type ApiResult = Result<(u16, serde_json::Value), ApiError>;
 
 pub struct AdminApp {
@@ -81,7 +91,7 @@ pub fn authorize(
         }
         None => {
             if !peer.is_some_and(|p| {
-                p.is_loopback() || crate::proxy::gate::contains(&[loopback_v4()], p)
+                p.is_loopback() || crate::policy::gate::contains(&[loopback_v4()], p)
             }) {
                 return Err(ApiError::new(
                     401,

@@ -2,12 +2,12 @@
 //! the validation between them. `load` reads a YAML file and returns either
 //! the model or every problem found, each naming the file and the key path.
 
+pub mod check;
 mod file;
 pub mod model;
 
 pub use model::*;
 
-use crate::proxy::sticky;
 use file::*;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
@@ -24,6 +24,9 @@ pub const DEFAULT_STATE_FILE: &str = "var/drawbridge-state.json";
 pub const DEFAULT_TOKEN_ENV: &str = "DRAWBRIDGE_ADMIN_TOKEN";
 pub const DEFAULT_BYPASS_COOKIE: &str = "DRAWBRIDGE_BYPASS";
 pub const DEFAULT_RETRY_AFTER: u64 = 600;
+/// The pages served when a site names none of its own.
+pub const DEFAULT_MAINTENANCE_PAGE: &str = include_str!("../../static/maintenance.html");
+pub const DEFAULT_ERROR_PAGE: &str = include_str!("../../static/error.html");
 const TOP_KEYS: [&str; 8] = [
     "server",
     "admin",
@@ -441,22 +444,19 @@ impl Validator {
                         "server",
                     );
                     self.upstream_addr(&s.addr, &format!("{skey}.addr"));
-                    let weight = s.weight.unwrap_or(1);
-                    if weight > 256 {
-                        self.problem(&format!("{skey}.weight"), "must be between 0 and 256");
-                    }
+                    let weight = check::weight(s.weight.unwrap_or(1).into()).unwrap_or_else(|e| {
+                        self.problem(&format!("{skey}.weight"), e);
+                        1
+                    });
                     let state = match s.state.as_deref() {
                         None => AdminState::Ready,
-                        Some(st) => AdminState::parse(st).unwrap_or_else(|| {
-                            self.problem(
-                                &format!("{skey}.state"),
-                                format!("unknown state {st:?}, expected ready, drain or maint"),
-                            );
+                        Some(st) => check::admin_state(st).unwrap_or_else(|e| {
+                            self.problem(&format!("{skey}.state"), e);
                             AdminState::Ready
                         }),
                     };
                     Server {
-                        id: sticky::server_id(&f.name, &s.name),
+                        id: server_id(&f.name, &s.name),
                         name: s.name.clone(),
                         addr: s.addr.clone(),
                         weight,
@@ -618,7 +618,7 @@ impl Validator {
                 .error_page
                 .as_deref()
                 .map(|p| self.page(p, &format!("{key}.error_page")))
-                .unwrap_or_else(|| Some(crate::proxy::pages::DEFAULT_ERROR_PAGE.to_string()))
+                .unwrap_or_else(|| Some(DEFAULT_ERROR_PAGE.to_string()))
                 .unwrap_or_default();
             let m = &f.maintenance;
             let mkey = format!("{key}.maintenance");
@@ -626,29 +626,22 @@ impl Validator {
                 .page
                 .as_deref()
                 .map(|p| self.page(p, &format!("{mkey}.page")))
-                .unwrap_or_else(|| Some(crate::proxy::pages::DEFAULT_MAINTENANCE_PAGE.to_string()))
+                .unwrap_or_else(|| Some(DEFAULT_MAINTENANCE_PAGE.to_string()))
                 .unwrap_or_default();
             let retry_after = m.retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
-            if retry_after > MAX_RETRY_AFTER {
-                self.problem(
-                    &format!("{mkey}.retry_after"),
-                    format!("must be at most {MAX_RETRY_AFTER} seconds"),
-                );
+            if let Err(e) = check::retry_after(retry_after) {
+                self.problem(&format!("{mkey}.retry_after"), e);
+            }
+            if let Err(e) = check::path_count(m.paths.len()) {
+                self.problem(&format!("{mkey}.paths"), e);
             }
             for (j, p) in m.paths.iter().enumerate() {
-                if let Err(e) = regex::Regex::new(p) {
-                    let detail = e
-                        .to_string()
-                        .lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty())
-                        .collect::<Vec<_>>()
-                        .join(" ");
-                    self.problem(
-                        &format!("{mkey}.paths[{j}]"),
-                        format!("invalid regex: {detail}"),
-                    );
+                if let Err(e) = check::path(p) {
+                    self.problem(&format!("{mkey}.paths[{j}]"), e);
                 }
+            }
+            if let Err(e) = check::allow_count(m.allow.len()) {
+                self.problem(&format!("{mkey}.allow"), e);
             }
             let allow = m
                 .allow
@@ -787,9 +780,6 @@ fn remove_at(value: &mut Value, path: &[serde_path_to_error::Segment]) -> Option
     }
 }
 
-/// Longest Retry-After accepted, in seconds (a week).
-pub const MAX_RETRY_AFTER: u64 = 7 * 24 * 3600;
-
 /// Parse a CIDR, or a bare address meaning a single host.
 pub fn parse_cidr(s: &str) -> Option<IpNet> {
     let s = s.trim();
@@ -804,4 +794,18 @@ pub fn is_cookie_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// The opaque sticky-cookie id of a server: a hash of backend and server
+/// names, never the address, identical on every instance with the same
+/// config.
+pub fn server_id(backend: &str, server: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"drawbridge-sticky\0");
+    h.update(backend.as_bytes());
+    h.update(b"\0");
+    h.update(server.as_bytes());
+    let digest = h.finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }

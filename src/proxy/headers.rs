@@ -98,7 +98,7 @@ pub fn append_forwarded_for(h: &mut HeaderMap, peer: Option<IpAddr>) {
                 xff.extend_from_slice(prev.as_bytes());
                 xff.extend_from_slice(b", ");
             }
-            write_ip(&mut xff, ip);
+            crate::wire::push_ip(&mut xff, ip);
             // Valid values joined by ", ": still a valid value.
             if let Ok(v) = HeaderValue::from_bytes(&xff) {
                 e.insert(v);
@@ -119,7 +119,7 @@ thread_local! {
 fn forwarded_value(ip: IpAddr) -> Option<HeaderValue> {
     let make = || {
         let mut text: SmallVec<[u8; 64]> = SmallVec::new();
-        write_ip(&mut text, ip);
+        crate::wire::push_ip(&mut text, ip);
         HeaderValue::from_bytes(&text).ok()
     };
     LAST_FORWARDED
@@ -137,68 +137,6 @@ fn forwarded_value(ip: IpAddr) -> Option<HeaderValue> {
             }
         })
         .unwrap_or_else(|_| make())
-}
-
-/// Append the text form of `ip` to `out` (IPv4 without `fmt`: this runs
-/// for every proxied request).
-pub fn write_ip<B: Extend<u8>>(out: &mut B, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut text = [0u8; 15];
-            let mut n = 0;
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    text[n] = b'.';
-                    n += 1;
-                }
-                if octet >= 100 {
-                    text[n] = b'0' + octet / 100;
-                    n += 1;
-                }
-                if octet >= 10 {
-                    text[n] = b'0' + octet / 10 % 10;
-                    n += 1;
-                }
-                text[n] = b'0' + octet % 10;
-                n += 1;
-            }
-            out.extend(text[..n].iter().copied());
-        }
-        IpAddr::V6(v6) => out.extend(v6.to_string().into_bytes()),
-    }
-}
-
-/// How the body of a server's response to a `method` request ends
-/// (RFC 9112 §6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResponseBody {
-    /// An interim (1xx) answer: the final one is still to come.
-    Interim,
-    /// None: an answer to HEAD, 204, 304, or a `Content-Length` of 0.
-    Empty,
-    /// By its length or its chunked coding: an early close shows.
-    Framed,
-    /// By the connection's close (no length, or a 101 upgrade).
-    UntilClose,
-}
-
-pub fn response_body(method: &http::Method, resp: &ResponseHeader) -> ResponseBody {
-    let status = resp.status.as_u16();
-    if status == 101 {
-        return ResponseBody::UntilClose;
-    }
-    if status < 200 {
-        return ResponseBody::Interim;
-    }
-    if *method == http::Method::HEAD || status == 204 || status == 304 {
-        return ResponseBody::Empty;
-    }
-    match resp.headers.get(http::header::CONTENT_LENGTH) {
-        Some(v) if v.as_bytes() == b"0" => ResponseBody::Empty,
-        Some(_) => ResponseBody::Framed,
-        None if resp.headers.contains_key(http::header::TRANSFER_ENCODING) => ResponseBody::Framed,
-        None => ResponseBody::UntilClose,
-    }
 }
 
 /// Remove the cookies named in `names` from the `Cookie` headers; a header
@@ -255,11 +193,11 @@ mod tests {
             Ipv4Addr::new(192, 168, 9, 10),
         ] {
             let mut out: SmallVec<[u8; 64]> = SmallVec::new();
-            write_ip(&mut out, IpAddr::V4(ip));
+            crate::wire::push_ip(&mut out, IpAddr::V4(ip));
             assert_eq!(std::str::from_utf8(&out).unwrap(), ip.to_string());
         }
         let mut out = Vec::new();
-        write_ip(&mut out, IpAddr::V6(Ipv6Addr::LOCALHOST));
+        crate::wire::push_ip(&mut out, IpAddr::V6(Ipv6Addr::LOCALHOST));
         assert_eq!(&out[..], b"::1");
     }
 
@@ -333,31 +271,6 @@ mod tests {
         assert_eq!(resp.get_reason_phrase(), Some("Fine"));
         assert_eq!(resp.status, 200);
         assert_eq!(resp.headers.len(), 2);
-    }
-
-    #[test]
-    fn how_response_bodies_end() {
-        let resp = |status: u16, headers: &[(&str, &str)]| {
-            let mut r = ResponseHeader::build(status, None).unwrap();
-            for (k, v) in headers {
-                r.insert_header(k.to_string(), *v).unwrap();
-            }
-            r
-        };
-        let (get, head) = (http::Method::GET, http::Method::HEAD);
-        let len = |l| [("Content-Length", l)];
-        use ResponseBody::*;
-        assert_eq!(response_body(&head, &resp(200, &len("10"))), Empty);
-        assert_eq!(response_body(&get, &resp(204, &[])), Empty);
-        assert_eq!(response_body(&get, &resp(304, &[])), Empty);
-        assert_eq!(response_body(&get, &resp(200, &len("0"))), Empty);
-        assert_eq!(response_body(&get, &resp(200, &len("10"))), Framed);
-        let chunked = [("Transfer-Encoding", "chunked")];
-        assert_eq!(response_body(&get, &resp(200, &chunked)), Framed);
-        assert_eq!(response_body(&get, &resp(200, &[])), UntilClose);
-        assert_eq!(response_body(&get, &resp(101, &[])), UntilClose);
-        assert_eq!(response_body(&head, &resp(100, &[])), Interim);
-        assert_eq!(response_body(&get, &resp(103, &[])), Interim);
     }
 
     #[test]

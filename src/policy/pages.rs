@@ -1,16 +1,12 @@
 //! Locally generated answers: the maintenance page (HTML or JSON, 503 with
 //! Retry-After), the error page when no server can answer, and the 404 when
-//! no site matches. Bodies are rendered when settings change, not per
-//! request; headers and body go out in one send and keep-alive is kept.
+//! no site matches. Bodies and headers are rendered when settings change,
+//! not per request; `proxy::answer` writes them.
 
 use bytes::Bytes;
 use http::HeaderValue;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
-
-pub const DEFAULT_MAINTENANCE_PAGE: &str = include_str!("../../static/maintenance.html");
-pub const DEFAULT_ERROR_PAGE: &str = include_str!("../../static/error.html");
 
 /// A maintenance answer rendered for one site's current settings: bodies
 /// and complete response headers, cloned per answer.
@@ -133,33 +129,6 @@ pub fn head(
         resp.insert_header(RETRY_AFTER, HeaderValue::from(r))?;
     }
     Ok(resp)
-}
-
-/// Write a local answer: `head` from [`head`], then `body`. A HEAD request
-/// gets the headers (with the body's Content-Length) and no body.
-pub async fn send(session: &mut Session, head: ResponseHeader, body: Bytes) -> Result<()> {
-    let head_only = session.req_header().method == http::Method::HEAD;
-    // Header then body: Pingora keeps the header in its write buffer until
-    // the body comes, so both leave in one send (write_response_tasks would
-    // flush each part on its own).
-    session
-        .write_response_header(Box::new(head), head_only)
-        .await?;
-    if !head_only {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
-}
-
-/// Write a complete local answer built for this one response.
-pub async fn respond(
-    session: &mut Session,
-    status: u16,
-    content_type: &'static str,
-    body: Bytes,
-) -> Result<()> {
-    let resp = head(status, content_type, body.len(), None)?;
-    send(session, resp, body).await
 }
 
 #[cfg(test)]

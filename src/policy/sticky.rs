@@ -3,20 +3,7 @@
 //! `Set-Cookie` value. Pure functions over strings, tested without sockets.
 
 use crate::config::Sticky;
-use sha2::{Digest, Sha256};
 use smallvec::SmallVec;
-
-/// The opaque cookie id of a server: a hash of backend and server names,
-/// never the address, identical on every instance with the same config.
-pub fn server_id(backend: &str, server: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(b"drawbridge-sticky\0");
-    h.update(backend.as_bytes());
-    h.update(b"\0");
-    h.update(server.as_bytes());
-    let digest = h.finalize();
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The `name` and `value` of one `Cookie` piece (already trimmed), or
 /// `None` for a malformed piece without `=` (skipped, as browsers do).
@@ -166,6 +153,31 @@ pub fn forbids_shared_cache(cache_control: &[u8]) -> bool {
     })
 }
 
+/// The `Cache-Control` a response gets when it pins a client with
+/// `Set-Cookie`, so that no shared cache hands the cookie to others:
+/// `private` added (and `public` removed), unless the server's value
+/// (`current`) already forbids shared caching. `None`: keep `current`.
+pub fn pinned_cache_control(current: Option<&[u8]>) -> Option<String> {
+    let Some(current) = current else {
+        return Some("private".to_string());
+    };
+    if forbids_shared_cache(current) {
+        return None;
+    }
+    let kept: Vec<&str> = std::str::from_utf8(current)
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !d.eq_ignore_ascii_case("public"))
+        .collect();
+    let mut value = kept.join(", ");
+    if !value.is_empty() {
+        value.push_str(", ");
+    }
+    value.push_str("private");
+    Some(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,7 +199,27 @@ mod tests {
     }
 
     #[test]
+    fn pinned_responses_are_kept_from_shared_caches() {
+        assert_eq!(pinned_cache_control(None).as_deref(), Some("private"));
+        assert_eq!(
+            pinned_cache_control(Some(b"public, max-age=60")).as_deref(),
+            Some("max-age=60, private")
+        );
+        assert_eq!(
+            pinned_cache_control(Some(b"PUBLIC")).as_deref(),
+            Some("private")
+        );
+        assert_eq!(pinned_cache_control(Some(b"no-store")), None);
+        assert_eq!(pinned_cache_control(Some(b"max-age=5, Private")), None);
+        assert_eq!(
+            pinned_cache_control(Some(b"no-cache")).as_deref(),
+            Some("no-cache, private")
+        );
+    }
+
+    #[test]
     fn ids_are_stable_opaque_and_distinct() {
+        use crate::config::server_id;
         let a = server_id("app", "app-01");
         assert_eq!(a, server_id("app", "app-01"));
         assert_eq!(a.len(), 16);

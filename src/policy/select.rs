@@ -4,6 +4,8 @@
 //! flag and health, and a key (round-robin counter, client hash or random).
 
 use crate::config::{AdminState, Balance};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// What the selector needs to know about one server.
 #[derive(Debug, Clone, Copy)]
@@ -126,6 +128,105 @@ fn at_weight(seq: impl Iterator<Item = (usize, u64)>, mut at: u64) -> Option<usi
     None
 }
 
+/// A 64-bit key of a client address for source hashing.
+pub fn ip_key(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => {
+            let n = u128::from(v6);
+            (n >> 64) as u64 ^ n as u64
+        }
+    }
+}
+
+/// The key that drives a balancing choice: the backend's round-robin
+/// counter (advanced), a random number, or the client's address hashed.
+pub fn balance_key(balance: Balance, counter: &AtomicU64, client: IpAddr) -> u64 {
+    match balance {
+        Balance::RoundRobin => counter.fetch_add(1, Relaxed),
+        Balance::Random => rand::random(),
+        Balance::SourceHash => mix(ip_key(client)),
+    }
+}
+
+/// The outcome of [`choose`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    pub pick: Option<(usize, Tier)>,
+    /// Why the sticky server was passed over, on a first attempt.
+    pub redispatch: Option<Redispatch>,
+}
+
+/// Any choice: the sticky server (`cookie`) if it may take the request and
+/// was not tried, else the best tier of the servers not in `tried`.
+/// `bypass` says whether the request bypasses maintenance (asked only when
+/// it matters: it may verify a token); `key` gives the balancing key (asked
+/// only when balancing).
+pub fn choose(
+    servers: &[Candidate],
+    cookie: Option<usize>,
+    tried: &[usize],
+    balance_by: Balance,
+    key: impl FnOnce() -> u64,
+    mut bypass: impl FnMut() -> bool,
+) -> Choice {
+    let mut redispatch = None;
+    if let Some(s) = cookie.filter(|s| !tried.contains(s) && *s < servers.len()) {
+        let bypassing = servers[s].state == AdminState::Maint && bypass();
+        match sticky_target(&servers[s], bypassing) {
+            Ok(()) => {
+                return Choice {
+                    pick: Some((s, Tier::Sticky)),
+                    redispatch: None,
+                }
+            }
+            Err(reason) if tried.is_empty() => redispatch = Some(reason),
+            Err(_) => {}
+        }
+    }
+    let key = key();
+    let mut pick = balance(servers, balance_by, key, false, tried);
+    // Only when no ready server is left does a bypassing request need to
+    // know it may also use servers in maint.
+    if !matches!(pick, Some((_, Tier::Ready | Tier::Backup))) && bypass() {
+        pick = balance(servers, balance_by, key, true, tried).or(pick);
+    }
+    Choice { pick, redispatch }
+}
+
+/// The common first choices, decided without looking at every server: a
+/// cookie naming a server that is `up` (per the backend's `up_mask`) and
+/// `ready` or in `drain`; or no cookie, round-robin or random balancing,
+/// and the whole `ready` tier up. `None` leaves the choice to [`choose`],
+/// which gives the same answer in these cases (`cookie_state` is the
+/// state of the cookie's server).
+pub fn choose_fast(
+    cookie: Option<(usize, AdminState)>,
+    ready: Option<&ReadyTier>,
+    up_mask: u64,
+    balance_by: Balance,
+    key: impl FnOnce() -> u64,
+) -> Option<(usize, Tier)> {
+    if let Some((s, state)) = cookie {
+        // The rule of `choose` without a bypass: a server in `maint` is
+        // left to it.
+        let c = Candidate {
+            state,
+            weight: 0,
+            backup: false,
+            up: up_bit(s).is_some_and(|bit| up_mask & bit != 0),
+            seed: 0,
+        };
+        sticky_target(&c, false).ok()?;
+        return Some((s, Tier::Sticky));
+    }
+    if balance_by == Balance::SourceHash {
+        return None;
+    }
+    let tier = ready.filter(|t| up_mask & t.mask == t.mask)?;
+    Some((tier.pick(key()), Tier::Ready))
+}
+
 /// A backend's first tier as its admin state makes it: the `ready`,
 /// non-backup servers with a weight, in order. Built with each snapshot, so
 /// that a request with no cookie to honour and nothing tried yet, while
@@ -214,10 +315,102 @@ mod tests {
         }
     }
 
+    /// 1 to `max` servers of any state, weight 0 to 3, some backups, some
+    /// down, drawn from `seed`.
+    fn random_servers(seed: u64, max: u64) -> Vec<Candidate> {
+        let states = [Ready, Drain, Maint];
+        (0..1 + seed % max)
+            .map(|i| {
+                let bits = mix(seed ^ i);
+                c(
+                    states[(bits % 3) as usize],
+                    (bits >> 8) as u32 % 4,
+                    bits >> 16 & 3 == 0,
+                    bits >> 20 & 7 != 0,
+                )
+            })
+            .collect()
+    }
+
     fn picks(servers: &[Candidate], bypass: bool) -> Vec<usize> {
         (0..12)
             .filter_map(|k| balance(servers, Balance::RoundRobin, k, bypass, &[]).map(|p| p.0))
             .collect()
+    }
+
+    /// The fast choice, whenever it answers, answers as the full one does,
+    /// over every mix of states, weights, backups and health of 4 servers.
+    #[test]
+    fn fast_choice_agrees_with_full_choice() {
+        let mut checked = 0;
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            x = mix(x);
+            let servers = random_servers(x, 4);
+            let n = servers.len();
+            let up_mask = servers
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.up)
+                .fold(0, |m, (i, _)| m | up_bit(i).unwrap_or(0));
+            let ready = ReadyTier::new(&servers);
+            let cookie = (x >> 40 & 1 == 1).then_some((x >> 41) as usize % n);
+            for balance_by in [Balance::RoundRobin, Balance::Random, Balance::SourceHash] {
+                let key = x >> 3;
+                let fast = choose_fast(
+                    cookie.map(|s| (s, servers[s].state)),
+                    ready.as_ref(),
+                    up_mask,
+                    balance_by,
+                    || key,
+                );
+                for bypass in [false, true] {
+                    let full = choose(&servers, cookie, &[], balance_by, || key, || bypass);
+                    if let Some(f) = fast {
+                        assert_eq!(
+                            Some(f),
+                            full.pick,
+                            "{servers:?} cookie {cookie:?} {balance_by:?}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        // The fast path answered often enough for the comparison to count.
+        assert!(checked > 10_000, "only {checked} fast answers");
+    }
+
+    #[test]
+    fn full_choice_reports_redispatch_on_first_attempt_only() {
+        let s = [c(Maint, 1, false, true), c(Ready, 1, false, true)];
+        let first = choose(&s, Some(0), &[], Balance::RoundRobin, || 0, || false);
+        assert_eq!(first.pick, Some((1, Tier::Ready)));
+        assert_eq!(first.redispatch, Some(Redispatch::Maint));
+        // A bypassing request keeps its server in maint.
+        let bypassing = choose(&s, Some(0), &[], Balance::RoundRobin, || 0, || true);
+        assert_eq!(bypassing.pick, Some((0, Tier::Sticky)));
+        let down = [c(Ready, 1, false, false), c(Ready, 1, false, true)];
+        let d = choose(&down, Some(0), &[], Balance::RoundRobin, || 0, || false);
+        assert_eq!(
+            (d.pick, d.redispatch),
+            (Some((1, Tier::Ready)), Some(Redispatch::Down))
+        );
+        let retry = choose(&down, Some(0), &[1], Balance::RoundRobin, || 0, || false);
+        assert_eq!((retry.pick, retry.redispatch), (None, None));
+    }
+
+    #[test]
+    fn balance_keys() {
+        let counter = AtomicU64::new(5);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(balance_key(Balance::RoundRobin, &counter, ip), 5);
+        assert_eq!(balance_key(Balance::RoundRobin, &counter, ip), 6);
+        let h = balance_key(Balance::SourceHash, &counter, ip);
+        assert_eq!(h, mix(ip_key(ip)));
+        assert_eq!(counter.load(Relaxed), 7, "source hash leaves the counter");
+        let v6: IpAddr = "2001:db8::1".parse().unwrap_or(ip);
+        assert_ne!(ip_key(v6), 0);
     }
 
     #[test]
@@ -291,22 +484,10 @@ mod tests {
     /// its servers is up, over many mixes of states, weights and keys.
     #[test]
     fn ready_tier_picks_as_balance_does() {
-        let states = [Ready, Drain, Maint];
         let mut seen_ready = 0;
         for case in 0..2000u64 {
             let h = mix(case);
-            let n = 1 + (h % 6) as usize;
-            let servers: Vec<Candidate> = (0..n)
-                .map(|i| {
-                    let bits = mix(h ^ i as u64);
-                    c(
-                        states[(bits % 3) as usize],
-                        (bits >> 8) as u32 % 4,
-                        bits >> 16 & 3 == 0,
-                        bits >> 20 & 7 != 0,
-                    )
-                })
-                .collect();
+            let servers = random_servers(h, 6);
             let tier = ReadyTier::new(&servers);
             let all_up = servers
                 .iter()

@@ -2,7 +2,7 @@
 //! is, whether the site is in maintenance for this path, and whether this
 //! request bypasses it. Pure functions, tested without sockets.
 
-use crate::bypass;
+use super::bypass;
 use ipnet::IpNet;
 use regex::RegexSet;
 use std::net::IpAddr;

@@ -1,0 +1,142 @@
+//! One check per runtime setting, shared by the config file, the admin API
+//! and the state file, so that a value one of them accepts is accepted by
+//! all three, with the same message.
+
+use super::model::{AdminState, MaintenanceSettings};
+
+/// `Retry-After` bounds, in seconds.
+pub const MIN_RETRY_AFTER: u64 = 1;
+pub const MAX_RETRY_AFTER: u64 = 7 * 24 * 3600;
+/// Most regexes in a site's `paths`.
+pub const MAX_PATHS: usize = 64;
+/// Longest maintenance message, in characters.
+pub const MAX_MESSAGE: usize = 2000;
+/// Most entries in a site's allow list.
+pub const MAX_ALLOW: usize = 4096;
+/// Largest server weight.
+pub const MAX_WEIGHT: u32 = 256;
+
+pub fn retry_after(secs: u64) -> Result<(), String> {
+    if (MIN_RETRY_AFTER..=MAX_RETRY_AFTER).contains(&secs) {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be between {MIN_RETRY_AFTER} and {MAX_RETRY_AFTER} seconds"
+        ))
+    }
+}
+
+/// One `paths` regex; the message is the compiler's, on one line.
+pub fn path(regex: &str) -> Result<(), String> {
+    regex::Regex::new(regex).map(|_| ()).map_err(|e| {
+        let detail = e
+            .to_string()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        format!("invalid regex {regex:?}: {detail}")
+    })
+}
+
+pub fn path_count(n: usize) -> Result<(), String> {
+    if n > MAX_PATHS {
+        return Err(format!("at most {MAX_PATHS} paths"));
+    }
+    Ok(())
+}
+
+pub fn message(text: &str) -> Result<(), String> {
+    if text.chars().count() > MAX_MESSAGE {
+        return Err(format!("longer than {MAX_MESSAGE} characters"));
+    }
+    Ok(())
+}
+
+pub fn allow_count(n: usize) -> Result<(), String> {
+    if n > MAX_ALLOW {
+        return Err(format!("at most {MAX_ALLOW} entries"));
+    }
+    Ok(())
+}
+
+/// A weight as given (a JSON or YAML integer).
+pub fn weight(w: i64) -> Result<u32, String> {
+    u32::try_from(w)
+        .ok()
+        .filter(|w| *w <= MAX_WEIGHT)
+        .ok_or_else(|| format!("must be between 0 and {MAX_WEIGHT}"))
+}
+
+pub fn admin_state(s: &str) -> Result<AdminState, String> {
+    AdminState::parse(s)
+        .ok_or_else(|| format!("unknown state {s:?}, expected ready, drain or maint"))
+}
+
+/// Every field of a site's maintenance settings; the message names the
+/// field (`retry_after: must be ...`).
+pub fn maintenance(m: &MaintenanceSettings) -> Result<(), String> {
+    retry_after(m.retry_after).map_err(|e| format!("retry_after: {e}"))?;
+    path_count(m.paths.len()).map_err(|e| format!("paths: {e}"))?;
+    for p in &m.paths {
+        path(p).map_err(|e| format!("paths: {e}"))?;
+    }
+    if let Some(text) = &m.message {
+        message(text).map_err(|e| format!("message: {e}"))?;
+    }
+    allow_count(m.allow.len()).map_err(|e| format!("allow: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> MaintenanceSettings {
+        MaintenanceSettings {
+            enabled: true,
+            retry_after: 600,
+            paths: vec!["^/checkout".into()],
+            message: Some("Back at 14:00".into()),
+            allow: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn maintenance_bounds() {
+        assert_eq!(maintenance(&settings()), Ok(()));
+        for (edit, field) in [
+            (
+                (|m: &mut MaintenanceSettings| m.retry_after = 0) as fn(&mut _),
+                "retry_after",
+            ),
+            (|m| m.retry_after = MAX_RETRY_AFTER + 1, "retry_after"),
+            (|m| m.paths = vec!["(".into()], "paths"),
+            (|m| m.paths = vec!["a".into(); MAX_PATHS + 1], "paths"),
+            (|m| m.message = Some("x".repeat(MAX_MESSAGE + 1)), "message"),
+        ] {
+            let mut m = settings();
+            edit(&mut m);
+            let err = maintenance(&m).err().unwrap_or_default();
+            assert!(err.starts_with(field), "{field}: {err:?}");
+        }
+        let mut edge = settings();
+        edge.retry_after = MAX_RETRY_AFTER;
+        edge.paths = vec!["a".into(); MAX_PATHS];
+        edge.message = Some("é".repeat(MAX_MESSAGE));
+        assert_eq!(maintenance(&edge), Ok(()));
+    }
+
+    #[test]
+    fn weights_and_states() {
+        assert_eq!(weight(0), Ok(0));
+        assert_eq!(weight(256), Ok(256));
+        assert!(weight(257).is_err());
+        assert!(weight(-1).is_err());
+        assert_eq!(admin_state("drain"), Ok(AdminState::Drain));
+        assert_eq!(
+            admin_state("up"),
+            Err("unknown state \"up\", expected ready, drain or maint".into())
+        );
+    }
+}

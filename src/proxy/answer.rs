@@ -1,0 +1,69 @@
+//! Writing a locally generated answer (maintenance page, error page, 404)
+//! to the client: header and body in one send, keep-alive kept. What the
+//! answer holds is rendered by [`crate::policy::pages`].
+
+use crate::policy::pages::head;
+use bytes::Bytes;
+use pingora_error::Result;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+/// Write a local answer: `head` from [`head`], then `body`. A HEAD request
+/// gets the headers (with the body's Content-Length) and no body.
+pub async fn send(session: &mut Session, head: ResponseHeader, body: Bytes) -> Result<()> {
+    let head_only = session.req_header().method == http::Method::HEAD;
+    // Header then body: Pingora keeps the header in its write buffer until
+    // the body comes, so both leave in one send (write_response_tasks would
+    // flush each part on its own).
+    session
+        .write_response_header(Box::new(head), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// Write a complete local answer built for this one response.
+pub async fn respond(
+    session: &mut Session,
+    status: u16,
+    content_type: &'static str,
+    body: Bytes,
+) -> Result<()> {
+    let resp = head(status, content_type, body.len(), None)?;
+    send(session, resp, body).await
+}
+
+/// Largest request body read and dropped so that a refused request keeps
+/// its connection alive; a larger one closes the connection instead.
+const MAX_DISCARD: usize = 64 * 1024;
+
+/// Read and drop the body of a request answered locally, so the client
+/// connection stays usable (keep-alive is kept for forms posted during
+/// maintenance). Bounded in size and time.
+pub async fn discard_small_body(session: &mut Session) {
+    if session.as_downstream_mut().is_body_empty() {
+        return;
+    }
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        let mut seen = 0usize;
+        loop {
+            match session.as_downstream_mut().read_request_body().await {
+                Ok(Some(chunk)) => {
+                    seen += chunk.len();
+                    if seen > MAX_DISCARD {
+                        return false;
+                    }
+                }
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if !drained {
+        session.as_downstream_mut().set_keepalive(None);
+    }
+}
