@@ -128,7 +128,24 @@ fn demo_config_path() -> Result<PathBuf, String> {
     Ok(path)
 }
 
-pub fn demo() -> i32 {
+/// Start the demo from its configuration: the last run's state file goes,
+/// unless `keep` says to keep it. Returns what was done, for the log.
+fn reset_state(state_file: &Path, keep: bool) -> Result<Option<String>, String> {
+    if keep || !state_file.exists() {
+        return Ok(None);
+    }
+    std::fs::remove_file(state_file)
+        .map(|()| {
+            Some(format!(
+                "demo: starting from the configuration; the last run's state ({}) was removed \
+                 (--keep-state keeps it)",
+                state_file.display()
+            ))
+        })
+        .map_err(|e| format!("cannot remove {}: {e}", state_file.display()))
+}
+
+pub fn demo(keep_state: bool) -> i32 {
     let path = match demo_config_path() {
         Ok(p) => p,
         Err(e) => {
@@ -143,6 +160,14 @@ pub fn demo() -> i32 {
             return 1;
         }
     };
+    match reset_state(&config.state_file, keep_state) {
+        Ok(Some(done)) => eprintln!("{done}"),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    }
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
@@ -207,4 +232,24 @@ Ctrl-C stops everything.
     let code = crate::server::run_config(config, false, false);
     drop(children);
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_starts_from_its_configuration_unless_told() {
+        let dir = std::env::temp_dir().join(format!("drawbridge-demo-test-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let file = dir.join("state.json");
+        std::fs::write(&file, "{}").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reset_state(&file, true), Ok(None));
+        assert!(file.exists(), "--keep-state keeps the file");
+        let done = reset_state(&file, false).unwrap_or_else(|e| panic!("{e}"));
+        assert!(done.is_some_and(|d| d.contains("--keep-state")));
+        assert!(!file.exists(), "a plain demo starts from its configuration");
+        assert_eq!(reset_state(&file, false), Ok(None));
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -37,7 +37,12 @@ enum Cmd {
         config: PathBuf,
     },
     /// Two demo upstreams and the proxy on conf/demo.yaml
-    Demo,
+    Demo {
+        /// Keep the runtime state (maintenance, server states) of the last
+        /// demo run instead of starting from the demo's configuration
+        #[arg(long)]
+        keep_state: bool,
+    },
     /// One demo upstream app
     DemoUpstream {
         #[arg(long)]
@@ -69,7 +74,7 @@ fn main() {
             daemon,
         } => drawbridge::server::run(&config, upgrade, daemon),
         Cmd::Check { config } => drawbridge::server::check(&config),
-        Cmd::Demo => drawbridge::demo::demo(),
+        Cmd::Demo { keep_state } => drawbridge::demo::demo(keep_state),
         Cmd::DemoUpstream {
             name,
             listen,

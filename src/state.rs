@@ -505,10 +505,9 @@ pub fn build_snapshot(config: &Config, draft: &Draft) -> Result<Snapshot, StateE
     })
 }
 
-/// Say at start what the state file changed from the config: sites in
-/// maintenance and servers not `ready`, so that a restart that restores
-/// them is never silent.
-fn log_restored(config: &Config, draft: &Draft, path: &Path) {
+/// What the state file changed from the config, one line each: sites in
+/// maintenance and servers not `ready`. Empty when it changed nothing.
+pub fn restored(config: &Config, draft: &Draft) -> Vec<String> {
     let sites: Vec<&str> = config
         .sites
         .iter()
@@ -528,26 +527,28 @@ fn log_restored(config: &Config, draft: &Draft, path: &Path) {
                 .map(move |(s, a)| format!("{}/{} {}", b.name, s.name, a.state.as_str()))
         })
         .collect();
-    if sites.is_empty() && servers.is_empty() {
+    let mut lines = Vec::new();
+    if !sites.is_empty() {
+        lines.push(format!("maintenance ON for site(s) {}", sites.join(", ")));
+    }
+    if !servers.is_empty() {
+        lines.push(format!("server state(s) {}", servers.join(", ")));
+    }
+    lines
+}
+
+/// Say at start what the state file restored, so that a restart that
+/// brings back maintenance or drained servers is never silent.
+fn log_restored(config: &Config, draft: &Draft, path: &Path) {
+    let lines = restored(config, draft);
+    if lines.is_empty() {
         log::info!(
             "state {}: every site open, every server ready",
             path.display()
         );
-        return;
     }
-    if !sites.is_empty() {
-        log::warn!(
-            "state {}: restored maintenance ON for site(s) {}",
-            path.display(),
-            sites.join(", ")
-        );
-    }
-    if !servers.is_empty() {
-        log::warn!(
-            "state {}: restored server state(s) {}",
-            path.display(),
-            servers.join(", ")
-        );
+    for line in lines {
+        log::warn!("state {}: restored {line}", path.display());
     }
 }
 
@@ -683,6 +684,54 @@ backends:
         assert_eq!(other.snapshot().servers[0][0].state, AdminState::Ready);
         let _ = std::fs::remove_dir_all(d1);
         let _ = std::fs::remove_dir_all(d2);
+    }
+
+    /// A restart names what the state file brought back.
+    #[test]
+    fn restored_state_is_named() {
+        let dir = temp_dir("restored");
+        let rt = runtime(&dir);
+        let draft = |rt: &Runtime| {
+            let snap = rt.snapshot();
+            Draft {
+                sites: snap.sites.iter().map(|s| s.settings.clone()).collect(),
+                servers: snap.servers.clone(),
+            }
+        };
+        assert!(restored(&rt.config, &draft(&rt)).is_empty());
+        rt.update(|d| {
+            d.sites[0].enabled = true;
+            d.servers[0][1].state = AdminState::Maint;
+            Ok::<_, StateError>(())
+        })
+        .unwrap_or_else(|e| panic!("update: {e}"));
+        let config = rt.config.clone();
+        drop(rt);
+        let (restarted, _) = initial_state(&config).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            restored(&config, &restarted),
+            [
+                "maintenance ON for site(s) app",
+                "server state(s) app/b maint"
+            ]
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A state file is held to the checks the API applies.
+    #[test]
+    fn state_file_values_are_checked() {
+        let dir = temp_dir("checked");
+        let rt = runtime(&dir);
+        let config = rt.config.clone();
+        drop(rt);
+        let text = std::fs::read_to_string(&config.state_file).unwrap_or_default();
+        let bad = text.replace("\"retry_after\": 600", "\"retry_after\": 0");
+        assert_ne!(bad, text, "the state file holds retry_after: {text}");
+        std::fs::write(&config.state_file, bad).unwrap_or_else(|e| panic!("{e}"));
+        let err = initial_state(&config).err().unwrap_or_default();
+        assert!(err.contains("retry_after: must be between 1"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
