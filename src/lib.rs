@@ -1,23 +1,25 @@
 //! drawbridge: an edge proxy on Cloudflare Pingora for taking a site or a
 //! server out of service without hurting users.
 //!
-//! How a request flows (CONTRACT section 3):
+//! Module map, from the bottom layer up (each imports only those above it
+//! in this list; see `docs/architecture.md`):
 //!
-//! 1. [`proxy::route`] picks the site from the Host header.
-//! 2. [`proxy::gate`] finds the client address (trusting X-Forwarded-For only
-//!    from `trusted_proxies`), decides whether the site is in maintenance for
-//!    this path and whether the request bypasses it (allow list or a signed
-//!    [`bypass`] token); otherwise [`proxy::pages`] answers 503.
-//! 3. [`proxy::sticky`] reads the sticky cookie and [`proxy::select`] picks a
-//!    server from admin states, weights, backup flags and health.
-//! 4. [`proxy`] strips our cookies, adds X-Forwarded-*, proxies, and pins new
-//!    clients with Set-Cookie.
-//!
-//! Around it: [`config`] (file format and validation), [`state`] (the
-//! runtime snapshot behind arc-swap and the state file), [`health`]
-//! (Pingora health checks), [`tcp`] (Layer-4 listeners), [`admin`] (the
-//! admin API and `ctl`), [`logging`] (batched access log),
-//! [`metrics`], [`server`] (Pingora services) and [`demo`].
+//! - [`config`]: the file format, the validated model, and [`config::check`],
+//!   the one check per runtime setting shared by the loader, the API and the
+//!   state file.
+//! - [`policy`]: the contract's decisions as pure functions: host routing
+//!   ([`policy::route`]), the maintenance gate and bypass ([`policy::gate`],
+//!   [`policy::bypass`]), server choice ([`policy::select`]), sticky cookies
+//!   ([`policy::sticky`]), local pages ([`policy::pages`]), failure statuses
+//!   ([`policy::errors`]) and the drain verdict ([`policy::drain`]).
+//! - [`wire`], [`logging`], [`metrics`]: text on the hot path, the batched
+//!   access log, Prometheus metrics.
+//! - [`state`]: the runtime: the operators' decisions in one snapshot behind
+//!   arc-swap, live per-server figures, the state file.
+//! - Services: [`proxy`] (Pingora's HTTP phases), [`tcp`] (Layer-4
+//!   listeners), [`health`] (health checks), [`admin`] (the API and `ctl`),
+//!   [`server`] (wires them into a Pingora server), [`demo`], and [`httpc`]
+//!   (a small HTTP/1.1 client for `ctl` and the tests).
 
 #![forbid(unsafe_code)]
 
