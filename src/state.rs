@@ -734,6 +734,31 @@ backends:
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// The count follows the guards, including one dropped on an early
+    /// return or a panic's unwinding, and a request moved to another server.
+    #[test]
+    fn in_flight_follows_its_guards() {
+        let dir = temp_dir("inflight");
+        let rt = runtime(&dir);
+        let (a, b) = (&rt.live[0][0], &rt.live[0][1]);
+        let first = InFlight::new(a);
+        let second = InFlight::new(a);
+        assert_eq!(a.inflight.load(Relaxed), 2);
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _g = InFlight::new(a);
+            assert_eq!(a.inflight.load(Relaxed), 3);
+            panic!("a request that fails half-way");
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(a.inflight.load(Relaxed), 2);
+        let mut moved = Some(first);
+        drop(moved.replace(InFlight::new(b)));
+        assert_eq!((a.inflight.load(Relaxed), b.inflight.load(Relaxed)), (1, 1));
+        drop((second, moved));
+        assert_eq!((a.inflight.load(Relaxed), b.inflight.load(Relaxed)), (0, 0));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn up_mask_follows_health() {
         let dir = temp_dir("health");
