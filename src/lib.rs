@@ -28,6 +28,7 @@ pub mod config;
 pub mod demo;
 pub mod health;
 pub mod httpc;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod policy;

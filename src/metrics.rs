@@ -157,6 +157,12 @@ pub struct Metrics {
     /// `drawbridge_tcp_connections_total` handles by listener (empty for http
     /// listeners), then server of the listener's backend.
     pub tcp: Vec<Vec<IntCounter>>,
+    /// Per listener: client connections open (HTTP listeners).
+    pub connections: Vec<IntGauge>,
+    /// `drawbridge_connections_rejected_total` by listener and reason.
+    pub rejected: IntCounterVec,
+    /// `drawbridge_limit` by limit name: the limits in force.
+    pub limits: IntGaugeVec,
 }
 
 struct Family {
@@ -388,7 +394,46 @@ impl Metrics {
                 _ => Vec::new(),
             })
             .collect();
+        let connections = gauge_vec(
+            (&r, &mut f),
+            "drawbridge_connections",
+            "Client connections open, by listener",
+            &["listener"],
+        )?;
+        let connections = config
+            .listeners
+            .iter()
+            .map(|l| connections.with_label_values(&[&l.name]))
+            .collect();
+        let rejected = counter_vec(
+            (&r, &mut f),
+            "drawbridge_connections_rejected_total",
+            "Client connections closed by a limit, by listener and reason",
+            &["listener", "reason"],
+        )?;
+        for l in config
+            .listeners
+            .iter()
+            .filter(|l| l.protocol == Protocol::Http)
+        {
+            for reason in [
+                "max_connections",
+                "max_connections_per_client",
+                "header_timeout",
+            ] {
+                rejected.with_label_values(&[&l.name, reason]);
+            }
+        }
+        let limits = gauge_vec(
+            (&r, &mut f),
+            "drawbridge_limit",
+            "Limits in force (connections, or seconds for timeouts), by limit",
+            &["limit"],
+        )?;
         Ok(Metrics {
+            connections,
+            rejected,
+            limits,
             registry: r,
             families: f,
             sites,

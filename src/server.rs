@@ -85,7 +85,8 @@ pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
     let listeners = config.listeners.clone();
     let admin_listen = config.admin.listen.clone();
     let metrics_listen = config.metrics_listen.clone();
-    let rt = match Runtime::new(config) {
+    let nofile = crate::limits::raise_nofile();
+    let rt = match Runtime::new(config, nofile) {
         Ok(rt) => Arc::new(rt),
         Err(e) => {
             eprintln!("error: {e}");
@@ -126,11 +127,16 @@ pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Proxy::new(rt.clone()),
-        "drawbridge proxy",
-    );
+    let http: Vec<(usize, &str, &str)> = listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.protocol == Protocol::Http)
+        .map(|(i, l)| (i, l.name.as_str(), l.listen.as_str()))
+        .collect();
+    let app = pingora_proxy::http_proxy(&server.configuration, Proxy::new(rt.clone()));
+    let guarded =
+        crate::limits::Guarded::new(Arc::new(app), rt.limiter.clone(), &http, &rt.metrics);
+    let mut proxy = Service::new("drawbridge proxy".to_string(), guarded);
     for l in listeners.iter().filter(|l| l.protocol == Protocol::Http) {
         proxy.add_listener(ListenerConfig::tcp(l.listen.clone()).l4_buffer(listener_buffers()));
         log::info!("listener {} on http://{}", l.name, l.listen);

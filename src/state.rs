@@ -6,6 +6,7 @@
 //! flight, last sticky request) are atomics beside it.
 
 use crate::config::{check, compile_paths, AdminState, Config, MaintenanceSettings};
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::policy::bypass;
 use crate::policy::pages::{render_error, MaintenancePage};
@@ -146,6 +147,8 @@ pub struct Runtime {
     pub error_pages: Vec<Bytes>,
     pub router: Router,
     pub metrics: Metrics,
+    /// Client connection counts and limits.
+    pub limiter: Arc<Limiter>,
     /// Serialises admin changes and state-file writes; holds the generated
     /// bypass secret so each write keeps it.
     writer: Mutex<Option<String>>,
@@ -232,7 +235,7 @@ impl Runtime {
     /// overrides the config's initial values. A state file that cannot be
     /// read or parsed is an error: an operator's decision is never dropped
     /// silently.
-    pub fn new(config: Config) -> Result<Runtime, String> {
+    pub fn new(config: Config, nofile: u64) -> Result<Runtime, String> {
         let path = config.state_file.clone();
         let (draft, secret) = initial_state(&config)?;
         let secret = secret.unwrap_or_else(generate_secret);
@@ -284,7 +287,9 @@ impl Runtime {
                 AtomicU64::new(bits.fold(0, |m, b| m | b))
             })
             .collect();
+        let limiter = Arc::new(Limiter::new(&config, nofile));
         let rt = Runtime {
+            limiter,
             id: NEXT_RUNTIME.fetch_add(1, Relaxed),
             generation: AtomicU64::new(0),
             up_mask,
@@ -303,6 +308,7 @@ impl Runtime {
             config: Arc::new(config),
         };
         rt.publish_metrics(&rt.snapshot.load());
+        rt.publish_limits();
         for servers in &rt.metrics.servers {
             for m in servers {
                 m.up.set(1);
@@ -383,6 +389,29 @@ impl Runtime {
             }
         }
         self.metrics.render()
+    }
+
+    /// The limits in force, as gauges (seconds for the timeouts).
+    fn publish_limits(&self) {
+        let l = &self.limiter.limits;
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        for (name, value) in [
+            ("max_connections", count(self.limiter.max_connections)),
+            (
+                "max_connections_per_client",
+                count(l.max_connections_per_client),
+            ),
+            ("header_timeout_seconds", secs(l.header_timeout)),
+            ("keepalive_timeout_seconds", secs(l.keepalive_timeout)),
+            ("client_body_timeout_seconds", secs(l.client_body_timeout)),
+            (
+                "open_files",
+                i64::try_from(self.limiter.nofile).unwrap_or(i64::MAX),
+            ),
+        ] {
+            self.metrics.limits.with_label_values(&[name]).set(value);
+        }
     }
 
     fn publish_metrics(&self, snap: &Snapshot) {
@@ -652,7 +681,7 @@ backends:
         );
         let config = crate::config::parse(&yaml, &dir.join("drawbridge.yaml"))
             .unwrap_or_else(|e| panic!("config: {e:?}"));
-        Runtime::new(config).unwrap_or_else(|e| panic!("runtime: {e}"))
+        Runtime::new(config, 1024).unwrap_or_else(|e| panic!("runtime: {e}"))
     }
 
     fn temp_dir(name: &str) -> PathBuf {

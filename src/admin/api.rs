@@ -184,7 +184,18 @@ pub fn status(rt: &Runtime) -> Value {
             })
         })
         .collect();
-    json!({"sites": sites, "backends": backends})
+    let limiter = &rt.limiter;
+    let l = &limiter.limits;
+    let limits = json!({
+        "max_connections": limiter.max_connections,
+        "max_connections_per_client": l.max_connections_per_client,
+        "header_timeout": humantime::format_duration(l.header_timeout).to_string(),
+        "keepalive_timeout": humantime::format_duration(l.keepalive_timeout).to_string(),
+        "client_body_timeout": humantime::format_duration(l.client_body_timeout).to_string(),
+        "open_files": limiter.nofile,
+        "connections": limiter.open(),
+    });
+    json!({"sites": sites, "backends": backends, "limits": limits})
 }
 
 #[derive(Deserialize)]

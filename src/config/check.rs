@@ -16,6 +16,16 @@ pub const MAX_ALLOW: usize = 4096;
 /// Largest server weight.
 pub const MAX_WEIGHT: u32 = 256;
 
+/// Client deadlines (`header_timeout`, `keepalive_timeout`,
+/// `client_body_timeout`): whole seconds are what Pingora's keep-alive
+/// takes, so 1 s to an hour.
+pub fn client_timeout(t: std::time::Duration) -> Result<(), String> {
+    if t < std::time::Duration::from_secs(1) || t > std::time::Duration::from_secs(3600) {
+        return Err("must be between 1s and 1h".into());
+    }
+    Ok(())
+}
+
 pub fn retry_after(secs: u64) -> Result<(), String> {
     if (MIN_RETRY_AFTER..=MAX_RETRY_AFTER).contains(&secs) {
         Ok(())

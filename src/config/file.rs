@@ -16,6 +16,16 @@ pub struct ServerFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct LimitsFile {
+    pub max_connections: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
+    pub header_timeout: Option<String>,
+    pub keepalive_timeout: Option<String>,
+    pub client_body_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AdminFile {
     pub listen: Option<String>,
     pub token_env: Option<String>,

@@ -27,8 +27,9 @@ pub const DEFAULT_RETRY_AFTER: u64 = 600;
 /// The pages served when a site names none of its own.
 pub const DEFAULT_MAINTENANCE_PAGE: &str = include_str!("../../static/maintenance.html");
 pub const DEFAULT_ERROR_PAGE: &str = include_str!("../../static/error.html");
-const TOP_KEYS: [&str; 8] = [
+const TOP_KEYS: [&str; 9] = [
     "server",
+    "limits",
     "admin",
     "metrics",
     "state_file",
@@ -156,6 +157,10 @@ impl Validator {
             Some(v) if !v.is_null() => self.node(v, "server").unwrap_or_default(),
             _ => ServerFile::default(),
         };
+        let limits_file: LimitsFile = match get("limits") {
+            Some(v) if !v.is_null() => self.node(v, "limits").unwrap_or_default(),
+            _ => LimitsFile::default(),
+        };
         let admin_file: AdminFile = match get("admin") {
             Some(v) if !v.is_null() => self.node(v, "admin").unwrap_or_default(),
             _ => AdminFile::default(),
@@ -175,6 +180,7 @@ impl Validator {
 
         let server = self.server(server_file);
         let admin = self.admin(admin_file);
+        let limits = self.limits(limits_file);
         let metrics_listen = metrics_file
             .listen
             .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.to_string());
@@ -207,6 +213,7 @@ impl Validator {
             metrics_listen,
             state_file,
             trusted_proxies,
+            limits,
             listeners,
             sites,
             backends,
@@ -254,6 +261,46 @@ impl Validator {
                 .unwrap_or_else(|| "/tmp/drawbridge_upgrade.sock".into()),
             pid_file: f.pid_file.unwrap_or_else(|| "/tmp/drawbridge.pid".into()),
         }
+    }
+
+    fn limits(&mut self, f: LimitsFile) -> Limits {
+        let d = Limits::default();
+        let mut timeout = |value: Option<&str>, default: Duration, key: &str| {
+            let t = self.duration(value, default, key);
+            if let Err(e) = check::client_timeout(t) {
+                self.problem(key, e);
+            }
+            t
+        };
+        let limits = Limits {
+            max_connections: f.max_connections.unwrap_or(d.max_connections),
+            max_connections_per_client: f
+                .max_connections_per_client
+                .unwrap_or(d.max_connections_per_client),
+            header_timeout: timeout(
+                f.header_timeout.as_deref(),
+                d.header_timeout,
+                "limits.header_timeout",
+            ),
+            keepalive_timeout: timeout(
+                f.keepalive_timeout.as_deref(),
+                d.keepalive_timeout,
+                "limits.keepalive_timeout",
+            ),
+            client_body_timeout: timeout(
+                f.client_body_timeout.as_deref(),
+                d.client_body_timeout,
+                "limits.client_body_timeout",
+            ),
+        };
+        if limits.max_connections > 0 && limits.max_connections_per_client > limits.max_connections
+        {
+            self.problem(
+                "limits.max_connections_per_client",
+                "must not exceed limits.max_connections",
+            );
+        }
+        limits
     }
 
     fn admin(&mut self, f: AdminFile) -> AdminSettings {

@@ -49,6 +49,34 @@ pub enum Protocol {
     Tcp,
 }
 
+/// Limits on clients (CONTRACT section 10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Client connections over all HTTP listeners; 0: derived at start from
+    /// the open-file limit, less a reserve.
+    pub max_connections: usize,
+    /// Per client address (socket peer); 0: no limit.
+    pub max_connections_per_client: usize,
+    /// The whole request head must arrive within this.
+    pub header_timeout: Duration,
+    /// An idle keep-alive client connection is closed after this.
+    pub keepalive_timeout: Duration,
+    /// The client's longest silence while sending a request body.
+    pub client_body_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 0,
+            max_connections_per_client: 0,
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub threads: usize,
@@ -162,6 +190,7 @@ pub struct Config {
     pub metrics_listen: String,
     pub state_file: PathBuf,
     pub trusted_proxies: Vec<IpNet>,
+    pub limits: Limits,
     pub listeners: Vec<Listener>,
     pub sites: Vec<Site>,
     pub backends: Vec<Backend>,

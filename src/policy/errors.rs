@@ -1,7 +1,8 @@
 //! What status a failed proxy attempt answers (CONTRACT section 3): 503
 //! when no server could take the request, 502 when the one that took it
 //! failed, 504 when it did not answer within `read_timeout`, 400 for a
-//! malformed request, and nothing when the client itself went away.
+//! malformed request, 408 for a client silent while sending its body, and
+//! nothing when the client itself went away.
 
 use pingora_error::{ErrorSource, ErrorType};
 
@@ -31,6 +32,9 @@ pub fn failure(etype: &ErrorType, source: &ErrorSource) -> Failure {
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
                     return Failure::Silent
                 }
+                // The client fell silent while sending its body
+                // (`client_body_timeout`).
+                ErrorType::ReadTimedout => 408,
                 _ => 400,
             },
             _ => 500,
@@ -80,6 +84,7 @@ mod tests {
         );
         assert_eq!(failure(&HTTPStatus(404), &Internal), Failure::Bare(404));
         assert_eq!(failure(&InvalidHTTPHeader, &Downstream), Failure::Bare(400));
+        assert_eq!(failure(&ReadTimedout, &Downstream), Failure::Bare(408));
         for e in [WriteError, ReadError, ConnectionClosed] {
             assert_eq!(failure(&e, &Downstream), Failure::Silent, "{e:?}");
         }

@@ -8,6 +8,7 @@ pub mod bypass;
 pub mod drain;
 pub mod errors;
 pub mod gate;
+pub mod limits;
 pub mod pages;
 pub mod route;
 pub mod select;

@@ -261,6 +261,7 @@ impl ProxyHttp for Proxy {
     /// then holds a pointer instead of their whole state.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<bool> {
         let rt = &self.rt;
+        crate::limits::request_started(session, &rt.limiter.limits);
         let req = session.req_header();
         // Host is looked up only when routing needs it.
         let host = rt.router.reads_host().then(|| {
