@@ -116,6 +116,7 @@ fn drain_keeps_stuck_clients_and_sends_new_clients_elsewhere() {
     assert!(stuck.iter().all(|c| *c == sticky("app-01")));
 
     set_state(&d, "app-01", "drain");
+    let before = redispatches(&d);
     for (i, c) in stuck.iter().enumerate() {
         let r = get_with(&d, "/", c);
         assert_eq!(name(&r), "app-01", "stuck client {i} was moved");
@@ -136,6 +137,11 @@ fn drain_keeps_stuck_clients_and_sends_new_clients_elsewhere() {
             Some(server_id("app", "app-02"))
         );
     }
+    assert_eq!(
+        redispatches(&d),
+        before,
+        "a stuck client of a drain server is not redispatched"
+    );
     let v = server(&d, "app-01");
     assert_eq!(v["state"], "drain");
     assert!(v["sticky_last_seen"].is_string(), "{v}");
@@ -157,6 +163,8 @@ fn maint_moves_stuck_clients_without_failures_but_not_operators() {
     set_state(&d, "app-01", "drain");
     assert_eq!(name(&get_with(&d, "/", &stuck[0])), "app-01");
 
+    let maint = || d.metric(REDISPATCH_MAINT);
+    let before = maint();
     set_state(&d, "app-01", "maint");
     for (i, c) in stuck.iter().enumerate() {
         let r = get_with(&d, "/", c);
@@ -171,6 +179,12 @@ fn maint_moves_stuck_clients_without_failures_but_not_operators() {
         assert_eq!(name(&again), "app-02");
         assert!(again.header("set-cookie").is_none());
     }
+    assert_eq!(
+        maint() - before,
+        stuck.len() as f64,
+        "each stuck client moved off the maint server is one redispatch"
+    );
+    let before = maint();
     // An operator (allow list) keeps testing app-01 through its cookie; the
     // same cookie from elsewhere is moved.
     let operator = || {
@@ -191,11 +205,23 @@ fn maint_moves_stuck_clients_without_failures_but_not_operators() {
         );
         assert_eq!(name(&r), "app-02");
     }
-    let m = d.metrics_text();
-    assert!(
-        m.contains(r#"drawbridge_sticky_redispatch_total{backend="app",reason="maint"}"#),
-        "{m}"
+    assert_eq!(
+        maint() - before,
+        5.0,
+        "the 5 requests moved are counted, the operator's 5 are not"
     );
+}
+
+const REDISPATCH_MAINT: &str =
+    r#"drawbridge_sticky_redispatch_total{backend="app",reason="maint"}"#;
+
+/// The redispatch counters of backend `app`: down, maint, unknown.
+fn redispatches(d: &Drawbridge) -> [f64; 3] {
+    ["down", "maint", "unknown"].map(|reason| {
+        d.metric(&format!(
+            r#"drawbridge_sticky_redispatch_total{{backend="app",reason="{reason}"}}"#
+        ))
+    })
 }
 
 #[test]

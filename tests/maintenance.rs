@@ -101,12 +101,15 @@ fn flip(s: &str, at: usize) -> String {
 fn api_and_ctl_switch_maintenance_for_the_very_next_request() {
     let (a, b) = upstreams();
     let d = Drawbridge::start(&config(&a, &b, "", ""));
+    let gauge = || d.metric(r#"drawbridge_maintenance_enabled{site="app"}"#);
     assert_app(&d.get("/"));
+    assert_eq!(gauge(), 0.0, "maintenance gauge before");
 
     let r = put_maintenance(
         &d,
         r#"{"enabled":true,"message":"<b>Back</b> at 14:00 & \"soon\""}"#,
     );
+    assert_eq!(gauge(), 1.0, "maintenance gauge once the API turned it on");
     let v = json(&r);
     assert_eq!(v["maintenance"]["enabled"], true);
     assert_eq!(v["in_maintenance"], true);
@@ -123,6 +126,7 @@ fn api_and_ctl_switch_maintenance_for_the_very_next_request() {
     assert_page(&d.get("/any/path?x=1"), "600", None);
 
     put_maintenance(&d, r#"{"enabled":false}"#);
+    assert_eq!(gauge(), 0.0, "maintenance gauge once the API turned it off");
     assert_app(&d.get("/"));
 
     let o = d.ctl(&[
@@ -141,17 +145,13 @@ fn api_and_ctl_switch_maintenance_for_the_very_next_request() {
         out(&o)
     );
     assert_page(&d.get("/"), "120", Some("Deploy &lt;v2&gt;"));
+    assert_eq!(gauge(), 1.0, "maintenance gauge once ctl turned it on");
 
     let o = d.ctl(&["maintenance", "off", "app"]);
     assert!(o.status.success(), "{}", err(&o));
     assert!(out(&o).contains("maintenance off"), "{}", out(&o));
     assert_app(&d.get("/"));
-
-    let m = d.metrics_text();
-    assert!(
-        m.contains("drawbridge_maintenance_enabled{site=\"app\"} 0"),
-        "{m}"
-    );
+    assert_eq!(gauge(), 0.0, "maintenance gauge once ctl turned it off");
 }
 
 #[test]
@@ -826,11 +826,12 @@ fn ctl_status_json_and_errors() {
     assert_eq!(o.status.code(), Some(1));
     assert!(err(&o).contains("ttl"), "{}", err(&o));
 
+    let nobody = dead_addr();
     let mut cmd = std::process::Command::new(BIN);
     cmd.args([
         "ctl",
         "--admin",
-        &format!("http://{}", free_addr()),
+        &format!("http://{}", nobody.addr),
         "status",
     ]);
     let o = run_bounded(cmd);

@@ -22,7 +22,7 @@ struct Sample {
     value: f64,
 }
 
-/// A parsed Prometheus text exposition (format 0.0.4).
+/// A Prometheus text exposition (format 0.0.4), as the samples it writes.
 #[derive(Debug, Default)]
 struct Exposition {
     samples: Vec<Sample>,
@@ -31,119 +31,94 @@ struct Exposition {
     helps: HashMap<String, String>,
 }
 
-fn parse_value(s: &str) -> f64 {
-    match s {
-        "+Inf" | "Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        "NaN" => f64::NAN,
-        _ => s
-            .parse()
-            .unwrap_or_else(|_| panic!("bad sample value {s:?}")),
-    }
-}
-
-fn is_name_char(c: char, first: bool) -> bool {
-    c.is_ascii_alphabetic() || c == '_' || c == ':' || (!first && c.is_ascii_digit())
-}
-
-/// Parse one sample line: `name{a="x",b="y"} value [timestamp]`.
-fn parse_sample(line: &str) -> Sample {
-    let bad = |why: &str| -> ! { panic!("bad exposition line ({why}): {line:?}") };
-    let mut chars = line.char_indices().peekable();
-    let mut name_end = line.len();
-    while let Some(&(i, c)) = chars.peek() {
-        if !is_name_char(c, i == 0) {
-            name_end = i;
-            break;
+/// The exposition `text`, read by openmetrics-parser (which refuses what
+/// is not the text format: a bad line, a repeated series, label or
+/// `# TYPE`, a sample outside its family), its families written out again
+/// as samples: a histogram `h` as `h_bucket` (with `le`), `h_sum` and
+/// `h_count`.
+fn read_exposition(text: &str) -> Result<Exposition, String> {
+    use openmetrics_parser::{prometheus::parse_prometheus, PrometheusType, PrometheusValue};
+    let parsed = parse_prometheus(text).map_err(|e| format!("{e:?}"))?;
+    let mut e = Exposition::default();
+    for (name, family) in &parsed.families {
+        if family.family_type != PrometheusType::Unknown {
+            e.types.insert(name.clone(), family.family_type.to_string());
         }
-        chars.next();
-    }
-    let name = &line[..name_end];
-    if name.is_empty() {
-        bad("no metric name");
-    }
-    let mut labels = BTreeMap::new();
-    let mut rest = &line[name_end..];
-    if let Some(body) = rest.strip_prefix('{') {
-        let mut it = body.chars();
-        loop {
-            // Label name (or the closing brace).
-            let mut key = String::new();
-            let c = loop {
-                match it.next() {
-                    Some(',') | Some(' ') if key.is_empty() => continue,
-                    Some(c) if is_name_char(c, key.is_empty()) => key.push(c),
-                    Some(c) => break c,
-                    None => bad("unterminated labels"),
-                }
+        if !family.help.is_empty() {
+            e.helps.insert(name.clone(), family.help.clone());
+        }
+        for sample in family.iter_samples() {
+            let labels: BTreeMap<String, String> = sample
+                .get_labelset()
+                .map_err(|e| format!("{name}: {e:?}"))?
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let mut push = |suffix: &str, extra: Option<(&str, String)>, value: f64| {
+                let mut labels = labels.clone();
+                labels.extend(extra.map(|(k, v)| (k.to_string(), v)));
+                e.samples.push(Sample {
+                    name: format!("{name}{suffix}"),
+                    labels,
+                    value,
+                });
             };
-            if c == '}' && key.is_empty() {
-                break;
-            }
-            if c != '=' || it.next() != Some('"') {
-                bad("expected =\" after a label name");
-            }
-            let mut val = String::new();
-            loop {
-                match it.next() {
-                    Some('\\') => match it.next() {
-                        Some('n') => val.push('\n'),
-                        Some('\\') => val.push('\\'),
-                        Some('"') => val.push('"'),
-                        _ => bad("bad escape in a label value"),
-                    },
-                    Some('"') => break,
-                    Some(c) => val.push(c),
-                    None => bad("unterminated label value"),
+            match &sample.value {
+                PrometheusValue::Unknown(n) | PrometheusValue::Gauge(n) => {
+                    push("", None, n.as_f64())
+                }
+                PrometheusValue::Counter(c) => push("", None, c.value.as_f64()),
+                PrometheusValue::Histogram(h) => {
+                    for b in &h.buckets {
+                        let le = Some(("le", bound(b.upper_bound)));
+                        push("_bucket", le, b.count.as_f64());
+                    }
+                    if let Some(sum) = h.sum {
+                        push("_sum", None, sum.as_f64());
+                    }
+                    if let Some(count) = h.count {
+                        push("_count", None, count as f64);
+                    }
+                }
+                PrometheusValue::Summary(s) => {
+                    for q in &s.quantiles {
+                        let quantile = Some(("quantile", bound(q.quantile)));
+                        push("", quantile, q.value.as_f64());
+                    }
+                    if let Some(sum) = s.sum {
+                        push("_sum", None, sum.as_f64());
+                    }
+                    if let Some(count) = s.count {
+                        push("_count", None, count as f64);
+                    }
                 }
             }
-            if labels.insert(key.clone(), val).is_some() {
-                bad("repeated label");
-            }
         }
-        rest = it.as_str();
     }
-    let mut words = rest.split_whitespace();
-    let value = parse_value(words.next().unwrap_or_else(|| bad("no value")));
-    if let Some(ts) = words.next() {
-        ts.parse::<i64>().unwrap_or_else(|_| bad("bad timestamp"));
-    }
-    if words.next().is_some() {
-        bad("trailing text");
-    }
-    Sample {
-        name: name.to_string(),
-        labels,
-        value,
-    }
+    Ok(e)
 }
 
 fn parse_exposition(text: &str) -> Exposition {
-    let mut e = Exposition::default();
-    for line in text.lines() {
-        let line = line.trim_end();
-        if line.is_empty() {
-            continue;
-        }
-        if let Some(c) = line.strip_prefix('#') {
-            let mut w = c.trim_start().splitn(3, ' ');
-            match (w.next(), w.next(), w.next()) {
-                (Some("TYPE"), Some(n), Some(t)) => {
-                    assert!(
-                        e.types.insert(n.into(), t.trim().into()).is_none(),
-                        "two # TYPE lines for {n}"
-                    );
-                }
-                (Some("HELP"), Some(n), h) => {
-                    e.helps.insert(n.into(), h.unwrap_or("").into());
-                }
-                _ => {}
-            }
-            continue;
-        }
-        e.samples.push(parse_sample(line));
+    read_exposition(text).unwrap_or_else(|e| panic!("not a valid exposition: {e}\n{text}"))
+}
+
+/// A bucket bound or quantile as the text format writes it.
+fn bound(v: f64) -> String {
+    if v == f64::INFINITY {
+        "+Inf".into()
+    } else {
+        v.to_string()
     }
-    e
+}
+
+/// The bound of a bucket sample, from its `le` label.
+fn le(s: &Sample) -> f64 {
+    match s.labels["le"].as_str() {
+        "+Inf" => f64::INFINITY,
+        v => v
+            .parse()
+            .unwrap_or_else(|_| panic!("bad le {v:?} in {s:?}")),
+    }
 }
 
 impl Exposition {
@@ -194,15 +169,35 @@ impl Exposition {
 }
 
 #[test]
-fn the_exposition_parser_reads_what_it_should() {
+fn the_exposition_is_read_as_samples() {
     let e = parse_exposition(
         "# HELP a_total Things\n# TYPE a_total counter\na_total{x=\"1\",y=\"q\\\"u\\\\o\\nte\"} 3\n\
-         b 1.5e3 1700000000000\nc{le=\"+Inf\",} +Inf\n",
+         # TYPE b gauge\nb 1.5e3 1700000000000\n# TYPE c gauge\nc{le=\"+Inf\",} +Inf\n\
+         # HELP h Latency\n# TYPE h histogram\nh_bucket{s=\"x\",le=\"0.5\"} 1\n\
+         h_bucket{s=\"x\",le=\"+Inf\"} 2\nh_sum{s=\"x\"} 0.75\nh_count{s=\"x\"} 2\n",
     );
     assert_eq!(e.types.get("a_total").map(String::as_str), Some("counter"));
+    assert_eq!(e.types.get("h").map(String::as_str), Some("histogram"));
+    assert_eq!(e.helps.get("a_total").map(String::as_str), Some("Things"));
     assert_eq!(e.value("a_total", &[("x", "1"), ("y", "q\"u\\o\nte")]), 3.0);
     assert_eq!(e.value("b", &[]), 1500.0);
     assert!(e.value("c", &[("le", "+Inf")]).is_infinite());
+    assert_eq!(e.value("h_bucket", &[("s", "x"), ("le", "0.5")]), 1.0);
+    assert_eq!(e.value("h_bucket", &[("s", "x"), ("le", "+Inf")]), 2.0);
+    assert_eq!(e.value("h_sum", &[("s", "x")]), 0.75);
+    assert_eq!(e.value("h_count", &[("s", "x")]), 2.0);
+    assert_eq!(e.samples.len(), 7);
+    // What is not the text format is refused, not skipped.
+    for bad in [
+        "a{x=\"1\" 3\n",
+        "# TYPE a gauge\na one\n",
+        "# TYPE a gauge\na 1\na 2\n",
+        "# TYPE a gauge\n# TYPE a gauge\na 1\n",
+        "# TYPE a gauge\na{x=\"1\",x=\"2\"} 1\n",
+        "# TYPE a gauge\na 1\nb_total 2\n",
+    ] {
+        assert!(read_exposition(bad).is_err(), "{bad:?} was read");
+    }
 }
 
 // ----------------------------------------------------------- helpers
@@ -230,12 +225,12 @@ fn api_ok(d: &Drawbridge, method: &str, path: &str, body: Option<&str>) -> serde
     r.json().unwrap_or_default()
 }
 
-/// `yaml` (from [`two_server_yaml`]) with a tcp listener `raw` on `tcp`
-/// to the same backend.
-fn with_tcp_listener(yaml: &str, tcp: &str) -> String {
+/// `yaml` (from [`two_server_yaml`]) with a tcp listener `raw` on `{tcp}`
+/// ([`Drawbridge::tcp`]) to the same backend.
+fn with_tcp_listener(yaml: &str) -> String {
     yaml.replacen(
         "sites:\n",
-        &format!("  - {{ name: raw, listen: \"{tcp}\", protocol: tcp, backend: app }}\nsites:\n"),
+        "  - { name: raw, listen: \"{tcp}\", protocol: tcp, backend: app }\nsites:\n",
         1,
     )
 }
@@ -344,7 +339,7 @@ fn metric_values_follow_traffic_maintenance_and_drain() {
     );
     let mut buckets: Vec<(f64, f64)> = e
         .matching("drawbridge_request_duration_seconds_bucket", &count)
-        .map(|s| (parse_value(&s.labels["le"]), s.value))
+        .map(|s| (le(s), s.value))
         .collect();
     buckets.sort_by(|x, y| x.0.total_cmp(&y.0));
     assert!(
@@ -492,10 +487,9 @@ fn names(labels: &[&str]) -> Vec<String> {
 #[test]
 fn every_contract_metric_has_exactly_its_labels() {
     let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
-    let tcp = free_addr();
-    let d = Drawbridge::start(&with_tcp_listener(&two_server_yaml(&a.addr, &b.addr), &tcp));
+    let d = Drawbridge::start(&with_tcp_listener(&two_server_yaml(&a.addr, &b.addr)));
     assert_eq!(d.get("/").status, 200);
-    get_over_tcp(&tcp);
+    get_over_tcp(&d.tcp);
     let e = scrape_until(&d, |e| {
         e.sum("drawbridge_request_duration_seconds_count", &[]) >= 1.0
             && e.sum("drawbridge_tcp_connections_total", &[]) >= 1.0
@@ -590,10 +584,9 @@ fn promtool_finds_nothing_to_say() {
         return;
     };
     let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
-    let tcp = free_addr();
-    let d = Drawbridge::start(&with_tcp_listener(&two_server_yaml(&a.addr, &b.addr), &tcp));
+    let d = Drawbridge::start(&with_tcp_listener(&two_server_yaml(&a.addr, &b.addr)));
     assert_eq!(d.get("/").status, 200);
-    get_over_tcp(&tcp);
+    get_over_tcp(&d.tcp);
     api_ok(
         &d,
         "PUT",
@@ -666,26 +659,42 @@ impl Prometheus {
             ),
         )
         .expect("write prometheus.yml");
-        let addr = free_addr();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
-        let child = Command::new(bin)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--log.level=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start prometheus");
-        let p = Prometheus {
-            addr,
-            dir,
-            _proc: Proc(Some(child)),
-        };
+        let log = dir.path().join("prometheus.log");
+        let mut p = None;
+        for _ in 0..PORT_ATTEMPTS {
+            let addr = free_addr();
+            let out = std::fs::File::create(&log).expect("log");
+            let child = Command::new(bin)
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"))
+                .arg("--log.level=warn")
+                .stdin(Stdio::null())
+                .stdout(out.try_clone().expect("log"))
+                .stderr(out)
+                .spawn()
+                .expect("start prometheus");
+            let mut proc = Proc(Some(child));
+            let addrs = [addr.clone()];
+            match await_listening("prometheus", &mut proc, &addrs, || read(&log), || true) {
+                Startup::Serving => {
+                    p = Some(Prometheus {
+                        addr,
+                        dir,
+                        _proc: proc,
+                    });
+                    break;
+                }
+                Startup::PortTaken(a) => {
+                    eprintln!("prometheus: {a} was taken, trying another port")
+                }
+            }
+        }
+        let p =
+            p.unwrap_or_else(|| panic!("prometheus: {PORT_ATTEMPTS} ports in a row were taken"));
         let ready = wait_until(Duration::from_secs(20), || {
             httpc::request(
                 &p.addr,
@@ -730,6 +739,16 @@ impl Prometheus {
     fn has_data(&self, q: &str) -> bool {
         let (status, result) = self.query(q);
         status == "success" && !result.is_empty()
+    }
+
+    /// Wait until the query `q` returns data: Prometheus has scraped what
+    /// it asks for.
+    fn wait_for(&self, q: &str) {
+        assert!(
+            wait_until(Duration::from_secs(10), || self.has_data(q)),
+            "prometheus has no data for {q} after 10 s:\n{}",
+            self.log()
+        );
     }
 }
 
@@ -811,8 +830,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     // Health checks slow enough that a stopped server is still "up" for a
     // moment: the next request then meets a real connect error.
     let (a, mut b) = (Upstream::start("app-01"), Upstream::start("app-02"));
-    let tcp = free_addr();
-    let yaml = with_tcp_listener(&two_server_yaml(&a.addr, &b.addr), &tcp)
+    let yaml = with_tcp_listener(&two_server_yaml(&a.addr, &b.addr))
         .replace("interval: 200ms", "interval: 1s")
         .replace("fall: 1", "fall: 3");
     let d = Drawbridge::start(&yaml);
@@ -826,7 +844,6 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         "prometheus never scraped drawbridge:\n{}",
         prom.log()
     );
-    let pause = || std::thread::sleep(Duration::from_millis(1200));
     let with_cookie = |c: &str| Request::new("GET", "/").header("Cookie", c.to_string());
 
     // 1. Proxied traffic over both servers.
@@ -840,9 +857,11 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     }
     // And connections through the tcp listener.
     for _ in 0..4 {
-        get_over_tcp(&tcp);
+        get_over_tcp(&d.tcp);
     }
-    pause();
+    // Each phase waits until Prometheus has scraped its effect.
+    prom.wait_for(r#"sum(drawbridge_requests_total{code="2xx"}) >= 14"#);
+    prom.wait_for("sum(drawbridge_tcp_connections_total) >= 4");
 
     // 2. Drain app-01: its sticky users stay, new ones go to app-02.
     api_ok(
@@ -855,7 +874,8 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         assert_eq!(d.send(with_cookie(&c1)).text().trim(), "app-01");
         assert_eq!(d.get("/").text().trim(), "app-02");
     }
-    pause();
+    prom.wait_for(r#"drawbridge_server_state{server="app-01",state="drain"} == 1"#);
+    prom.wait_for(r#"sum(drawbridge_requests_total{code="2xx"}) >= 24"#);
 
     // 3. Sticky redispatch: app-02 in maint, its users move (to the
     //    drained app-01, the last resort); an unknown cookie value too.
@@ -865,17 +885,38 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         "/api/v1/backends/app/servers/app-02/state",
         Some(r#"{"state":"maint"}"#),
     );
+    let redispatched = |e: &Exposition, reason| {
+        e.value(
+            "drawbridge_sticky_redispatch_total",
+            &[BACKEND, ("reason", reason)],
+        )
+    };
+    let before = scrape(&d);
     for _ in 0..3 {
         assert_eq!(d.send(with_cookie(&c2)).status, 200);
         assert_eq!(d.send(with_cookie("SERVERID=0123456789abcdef")).status, 200);
     }
+    let after = scrape(&d);
+    for reason in ["maint", "unknown"] {
+        assert_eq!(
+            redispatched(&after, reason) - redispatched(&before, reason),
+            3.0,
+            "3 requests redispatched for {reason}"
+        );
+    }
+    assert_eq!(
+        redispatched(&after, "down"),
+        redispatched(&before, "down"),
+        "no server is down"
+    );
     api_ok(
         &d,
         "PUT",
         "/api/v1/backends/app/servers/app-02/state",
         Some(r#"{"state":"ready"}"#),
     );
-    pause();
+    prom.wait_for(r#"sum(drawbridge_sticky_redispatch_total{reason="maint"}) >= 3"#);
+    prom.wait_for(r#"sum(drawbridge_sticky_redispatch_total{reason="unknown"}) >= 3"#);
 
     // 4. Maintenance: the public gets the page, an allow-listed operator
     //    (127.0.0.2) and a bypass-token holder get through.
@@ -909,7 +950,13 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         );
         assert_eq!(d.send(with_cookie(&token)).status, 200);
     }
-    pause();
+    prom.wait_for("sum(drawbridge_maintenance_enabled) == 1");
+    prom.wait_for("sum(drawbridge_maintenance_responses_total) >= 5");
+    for reason in ["allow", "token"] {
+        prom.wait_for(&format!(
+            r#"sum(drawbridge_maintenance_bypass_total{{reason="{reason}"}}) >= 5"#
+        ));
+    }
     api_ok(
         &d,
         "PUT",
@@ -924,7 +971,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let r = d.get("/");
     assert_eq!(r.status, 200, "retried on app-01 after a connect error");
     assert_eq!(r.text().trim(), "app-01");
-    pause();
+    prom.wait_for("sum(drawbridge_upstream_connect_errors_total) >= 1");
 
     // 6. Both servers gone: the error page.
     a.stop();
@@ -943,27 +990,29 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     );
 
     // Until Prometheus has scraped the end of it.
-    let seen = wait_until(Duration::from_secs(10), || {
-        prom.has_data("drawbridge_error_page_responses_total >= 3")
-    });
-    assert!(
-        seen,
-        "prometheus did not see the error pages:\n{}",
-        prom.log()
-    );
-    std::thread::sleep(Duration::from_millis(1100));
+    prom.wait_for("drawbridge_error_page_responses_total >= 3");
 
-    println!("--- dashboard queries (series returned):");
-    let mut empty = Vec::new();
-    for (title, expr) in &exprs {
-        let (status, result) = prom.query(&expand_macros(expr));
-        println!("{:>3}  [{title}]  {expr}", result.len());
-        if status != "success" {
-            empty.push(format!("[{title}] {expr}: {status}"));
-        } else if result.is_empty() {
-            empty.push(format!("[{title}] {expr}: no series"));
+    // Every query returns data once Prometheus has enough scrapes of all
+    // that (a rate needs two samples of a series in its window).
+    let empty_queries = || {
+        let mut empty = Vec::new();
+        for (title, expr) in &exprs {
+            let (status, result) = prom.query(&expand_macros(expr));
+            if status != "success" {
+                empty.push(format!("[{title}] {expr}: {status}"));
+            } else if result.is_empty() {
+                empty.push(format!("[{title}] {expr}: no series"));
+            }
         }
+        empty
+    };
+    wait_until(Duration::from_secs(10), || empty_queries().is_empty());
+    println!("--- dashboard queries (series returned):");
+    for (title, expr) in &exprs {
+        let (_, result) = prom.query(&expand_macros(expr));
+        println!("{:>3}  [{title}]  {expr}", result.len());
     }
+    let empty = empty_queries();
     assert!(
         empty.is_empty(),
         "dashboard queries that would show nothing:\n{}",

@@ -110,6 +110,8 @@ fn killing_the_sticky_server_moves_the_client_without_failed_requests() {
         }
     }
     let cookie = cookie.expect("a cookie for app-01");
+    let redispatched_down = || d.metric(REDISPATCH_DOWN);
+    assert_eq!(redispatched_down(), 0.0, "nothing was redispatched yet");
     a.stop();
     // Right after the kill the health check has not noticed yet: the connect
     // failure is retried on app-02. Then the health check takes over.
@@ -131,12 +133,29 @@ fn killing_the_sticky_server_moves_the_client_without_failed_requests() {
         s.json().is_ok_and(|v| v["health"] == "down")
     });
     assert!(down, "health check did not mark app-01 down");
-    let m = d.metrics_text();
-    assert!(
-        m.contains("drawbridge_sticky_redispatch_total{backend=\"app\",reason=\"down\"}"),
-        "{m}"
+    // From now on each request whose cookie names app-01 is redispatched
+    // because app-01 is down, and counted once.
+    let before = redispatched_down();
+    for i in 0..5 {
+        let r = d.send(Request::new("GET", "/").header("Cookie", format!("SERVERID={cookie}")));
+        assert_eq!(
+            r.status, 200,
+            "request {i} with the cookie of the down server"
+        );
+        assert_eq!(body_name(&r), "app-02");
+        assert!(
+            set_cookie_value(&r, "SERVERID").is_some(),
+            "request {i} was not re-cookied"
+        );
+    }
+    assert_eq!(
+        redispatched_down() - before,
+        5.0,
+        "5 requests for the down server, 5 redispatches counted"
     );
 }
+
+const REDISPATCH_DOWN: &str = r#"drawbridge_sticky_redispatch_total{backend="app",reason="down"}"#;
 
 #[test]
 fn all_servers_down_gives_the_error_page_not_the_maintenance_page() {
@@ -254,7 +273,8 @@ fn forwarded_headers_are_appended() {
 #[test]
 fn a_retried_request_carries_the_forwarded_headers_once() {
     let live = Upstream::start("live");
-    let dead = free_addr();
+    let refusing = dead_addr();
+    let dead = &refusing.addr;
     let d = Drawbridge::start(&format!(
         "listeners:\n  - {{ name: web, listen: \"{{web}}\" }}\nsites:\n  - {{ name: app, backend: app }}\nbackends:\n  - name: app\n    sticky: {{ cookie: SERVERID }}\n    servers:\n      - {{ name: dead, addr: \"{dead}\" }}\n      - {{ name: live, addr: \"{}\" }}\n",
         live.addr
@@ -342,8 +362,8 @@ fn one_server_yaml(options: &str, addr: &str) -> String {
 
 #[test]
 fn a_server_refusing_connections_without_health_checks_gives_the_error_page() {
-    let dead = free_addr();
-    let d = Drawbridge::start(&one_server_yaml("retries: 0,", &dead));
+    let dead = dead_addr();
+    let d = Drawbridge::start(&one_server_yaml("retries: 0,", &dead.addr));
     let r = d.get("/");
     assert_eq!(r.status, 503);
     assert!(r.text().contains("went wrong"));
@@ -420,8 +440,8 @@ fn every_request_gets_one_access_log_line() {
     );
 
     // A request no server could take: the error page, with the reason.
-    let dead = free_addr();
-    let d = Drawbridge::start(&one_server_yaml("retries: 0,", &dead));
+    let dead = dead_addr();
+    let d = Drawbridge::start(&one_server_yaml("retries: 0,", &dead.addr));
     assert_eq!(d.get("/gone").status, 503);
     let line = access_line(&d, "/gone");
     assert!(

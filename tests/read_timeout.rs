@@ -269,6 +269,16 @@ fn a_timed_out_request_is_never_sent_again() {
         "{} requests",
         s.requests()
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // A request's access-log line is written once drawbridge is done with
+    // it, retries included; a retry would have reached the server a whole
+    // read_timeout before drawbridge gave up on it.
+    assert!(
+        wait_until(TIMEOUT, || {
+            let log = d.log_text();
+            log.contains("GET /stall 504 error ") && log.contains("POST /stall 504 error ")
+        }),
+        "no access-log line for the two timed-out requests:\n{}",
+        d.log_text()
+    );
     assert_eq!(s.requests(), 3, "a request was sent twice");
 }

@@ -7,12 +7,13 @@ mod common;
 use common::*;
 use drawbridge::httpc::{Conn, Request};
 
-fn yaml(tcp: &str, a: &str, b: &str, balance: &str, maintenance: &str) -> String {
+/// A tcp listener `raw` on `{tcp}` ([`Drawbridge::tcp`]) to backend `app`.
+fn yaml(a: &str, b: &str, balance: &str, maintenance: &str) -> String {
     format!(
         r#"listeners:
   - {{ name: web, listen: "{{web}}" }}
   - name: raw
-    listen: "{tcp}"
+    listen: "{{tcp}}"
     protocol: tcp
     backend: app
 {maintenance}
@@ -41,8 +42,8 @@ fn name_over_tcp(tcp: &str, from: &str) -> String {
 #[test]
 fn round_robin_and_source_hash() {
     let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
-    let tcp = free_addr();
-    let d = Drawbridge::start(&yaml(&tcp, &a.addr, &b.addr, "round_robin", ""));
+    let d = Drawbridge::start(&yaml(&a.addr, &b.addr, "round_robin", ""));
+    let tcp = d.tcp.clone();
     let names: Vec<String> = (0..4).map(|_| name_over_tcp(&tcp, "127.0.0.1")).collect();
     assert_eq!(
         names.iter().filter(|n| *n == "app-01").count(),
@@ -50,8 +51,8 @@ fn round_robin_and_source_hash() {
         "{names:?}"
     );
     drop(d);
-    let tcp = free_addr();
-    let _d = Drawbridge::start(&yaml(&tcp, &a.addr, &b.addr, "source_hash", ""));
+    let d = Drawbridge::start(&yaml(&a.addr, &b.addr, "source_hash", ""));
+    let tcp = d.tcp.clone();
     for ip in ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"] {
         let first = name_over_tcp(&tcp, ip);
         for _ in 0..5 {
@@ -63,8 +64,8 @@ fn round_robin_and_source_hash() {
 #[test]
 fn drain_keeps_open_connections_and_maint_takes_none() {
     let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
-    let tcp = free_addr();
-    let d = Drawbridge::start(&yaml(&tcp, &a.addr, &b.addr, "round_robin", ""));
+    let d = Drawbridge::start(&yaml(&a.addr, &b.addr, "round_robin", ""));
+    let tcp = d.tcp.clone();
     // Open a keep-alive connection on app-01.
     let mut open = None;
     for _ in 0..2 {
@@ -119,9 +120,9 @@ fn drain_keeps_open_connections_and_maint_takes_none() {
 #[test]
 fn maintenance_refuses_all_but_allowed_clients() {
     let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
-    let tcp = free_addr();
     let m = "    maintenance: { enabled: true, allow: [127.0.0.2/32] }";
-    let _d = Drawbridge::start(&yaml(&tcp, &a.addr, &b.addr, "round_robin", m));
+    let d = Drawbridge::start(&yaml(&a.addr, &b.addr, "round_robin", m));
+    let tcp = d.tcp.clone();
     let mut c = Conn::open(&tcp, TIMEOUT).unwrap();
     assert!(
         c.send(&Request::new("GET", "/")).is_err(),
@@ -133,8 +134,8 @@ fn maintenance_refuses_all_but_allowed_clients() {
 #[test]
 fn connect_failure_goes_to_the_other_server() {
     let (mut a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
-    let tcp = free_addr();
-    let _d = Drawbridge::start(&yaml(&tcp, &a.addr, &b.addr, "round_robin", ""));
+    let d = Drawbridge::start(&yaml(&a.addr, &b.addr, "round_robin", ""));
+    let tcp = d.tcp.clone();
     a.stop();
     for _ in 0..6 {
         assert_eq!(name_over_tcp(&tcp, "127.0.0.1"), "app-02");

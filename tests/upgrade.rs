@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[test]
 fn a_new_process_takes_over_the_sockets_without_refusing_clients() {
@@ -30,32 +30,43 @@ fn a_new_process_takes_over_the_sockets_without_refusing_clients() {
         .spawn()
         .expect("start the new process");
     let mut new = Proc(Some(new));
-    // The new process waits on the upgrade socket; the old one hands over
-    // its listeners on SIGQUIT.
-    std::thread::sleep(Duration::from_millis(500));
+    let new_pid = new.pid().expect("running");
+    // The new process listens on the upgrade socket for the listeners; the
+    // old one hands them over there on SIGQUIT.
+    let sock = d.dir.path().join("upgrade.sock");
+    let waiting = wait_until(TIMEOUT, || listens_on_unix(new_pid, &sock) || new.exited());
+    assert!(
+        waiting && listens_on_unix(new_pid, &sock),
+        "the new process does not wait on {}; its log:\n{}",
+        sock.display(),
+        read(&d.dir.path().join("new.log"))
+    );
     let status = Command::new("kill")
         .args(["-QUIT", &old_pid.to_string()])
         .status()
         .expect("kill");
     assert!(status.success());
 
-    // Clients are served throughout, and the drain decision carries over.
-    for i in 0..40 {
+    // Clients are served throughout, until the old process is gone, and the
+    // drain decision carries over.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut served = 0;
+    while !d.proc.exited() {
+        assert!(
+            Instant::now() < deadline,
+            "the old process did not exit within 10 s of handing over"
+        );
         let r = d.get("/");
-        assert_eq!(r.status, 200, "request {i}");
-        assert_eq!(r.text().trim(), "app-01", "request {i}: app-02 is in drain");
+        assert_eq!(r.status, 200, "request {served}");
+        assert_eq!(
+            r.text().trim(),
+            "app-01",
+            "request {served}: app-02 is in drain"
+        );
+        served += 1;
         std::thread::sleep(Duration::from_millis(50));
     }
-    let old_exited = wait_until(Duration::from_secs(10), || {
-        d.proc
-            .0
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
-    });
-    assert!(
-        old_exited,
-        "the old process did not exit after handing over"
-    );
+    assert!(served > 0, "no request was sent during the handover");
     // Only the new process is left, and it serves the proxy and the API.
     assert_eq!(d.get("/").status, 200);
     let s = d.api("GET", "/api/v1/backends/app/servers/app-02", None);

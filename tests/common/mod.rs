@@ -14,16 +14,220 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_drawbridge");
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A loopback port that was free a moment ago.
+/// How many times a server is started again, on a new port, when a port
+/// picked for it was taken by another process in the meantime.
+pub const PORT_ATTEMPTS: usize = 4;
+
+/// A loopback port that was free a moment ago. Another test running at the
+/// same time may take it before the process it is meant for binds it: start
+/// that process with [`await_listening`], which notices and lets the caller
+/// try again on a new port. Never the same port twice in one test process
+/// (a port is free again as soon as it is handed out, and the addresses of
+/// one config must differ).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn free_addr() -> String {
     format!("127.0.0.1:{}", free_port())
+}
+
+/// A loopback address where nothing listens, and nothing can while this
+/// lives: the port stays bound (without `SO_REUSEADDR`, never listening), so
+/// connections to it are refused and no other process can take it.
+pub struct DeadAddr {
+    pub addr: String,
+    _held: socket2::Socket,
+}
+
+pub fn dead_addr() -> DeadAddr {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a socket");
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("an address");
+    sock.bind(&any.into()).expect("bind a loopback port");
+    let addr = sock
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("the bound address");
+    DeadAddr {
+        addr: addr.to_string(),
+        _held: sock,
+    }
+}
+
+/// The port of `addr` (`host:port`).
+pub fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {addr:?}"))
+}
+
+/// The inodes of the listening TCP sockets on `port` (any local address).
+fn listening_inodes(port: u16) -> Vec<u64> {
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in read(Path::new(table)).lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let p = local
+                .rsplit(':')
+                .next()
+                .and_then(|h| u16::from_str_radix(h, 16).ok());
+            if *state == "0A" && p == Some(port) {
+                out.extend(inode.parse::<u64>().ok());
+            }
+        }
+    }
+    out
+}
+
+/// Whether process `pid` itself listens on TCP `port`: a server answering
+/// on the port may otherwise be another test's process that got it first.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    owns_socket(pid, &listening_inodes(port))
+}
+
+/// Whether process `pid` has one of the sockets `inodes` open.
+pub fn owns_socket(pid: u32, inodes: &[u64]) -> bool {
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let t = target.to_string_lossy();
+            t.strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| inodes.contains(&n))
+        })
+    })
+}
+
+/// Whether process `pid` listens on the unix socket at `path`.
+pub fn listens_on_unix(pid: u32, path: &Path) -> bool {
+    let path = path.to_string_lossy();
+    // Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 is
+    // __SO_ACCEPTCON, set by listen(2).
+    let inodes: Vec<u64> = read(Path::new("/proc/net/unix"))
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
+            (f.get(7) == Some(&&*path) && flags & 0x10000 != 0)
+                .then(|| f.get(6)?.parse().ok())
+                .flatten()
+        })
+        .collect();
+    owns_socket(pid, &inodes)
+}
+
+/// How a server process started on picked ports came up.
+#[derive(Debug, PartialEq)]
+pub enum Startup {
+    /// It listens on every one of its ports itself and is ready.
+    Serving,
+    /// This address was taken by another process before it could bind it.
+    PortTaken(String),
+}
+
+/// Whether `log` says that `addr` could not be bound because it is in use
+/// (Pingora: "ADDR is in use, will try again"; Go: "listen tcp ADDR: bind:
+/// address already in use").
+fn says_in_use(log: &str, addr: &str) -> bool {
+    log.lines().map(str::to_ascii_lowercase).any(|l| {
+        l.contains(addr) && (l.contains(" is in use") || l.contains("address already in use"))
+    })
+}
+
+/// Wait until the process `child` listens itself on every one of `addrs`
+/// and `ready` holds (a server answering on one of the ports could be
+/// another process that took it first), or until one of `addrs` turns out
+/// to be taken: its log (what `log` returns: written since it started) says
+/// so, or another process listens there. Panics, with the log, when the
+/// process exits or is not ready within [`TIMEOUT`] for another reason.
+pub fn await_listening(
+    what: &str,
+    child: &mut Proc,
+    addrs: &[String],
+    log: impl Fn() -> String,
+    mut ready: impl FnMut() -> bool,
+) -> Startup {
+    let pid = child.pid().expect("a started process");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        // Exited: read the log again, it may say why.
+        let exited = child.exited();
+        let text = log();
+        if let Some(a) = addrs.iter().find(|a| says_in_use(&text, a)) {
+            return Startup::PortTaken(a.clone());
+        }
+        if exited {
+            panic!("{what} exited while starting; log:\n{text}");
+        }
+        let mine: Vec<bool> = addrs.iter().map(|a| listens_on(pid, port_of(a))).collect();
+        if mine.iter().all(|m| *m) && ready() {
+            return Startup::Serving;
+        }
+        // Another process listening on a port this one has not bound.
+        if let Some((a, _)) = addrs
+            .iter()
+            .zip(&mine)
+            .find(|(a, m)| !**m && !listening_inodes(port_of(a)).is_empty())
+        {
+            // Unless it bound it between the two looks.
+            if !listens_on(pid, port_of(a)) {
+                return Startup::PortTaken(a.clone());
+            }
+        }
+        if Instant::now() > deadline {
+            panic!("{what} did not start within {TIMEOUT:?}; log:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `text` with the address `from` replaced by `to` wherever it stands whole
+/// (not as the start of a longer port number).
+pub fn replace_addr(text: &str, from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(from) {
+        let after = &rest[i + from.len()..];
+        out.push_str(&rest[..i]);
+        if after.starts_with(|c: char| c.is_ascii_digit()) {
+            out.push_str(from);
+        } else {
+            out.push_str(to);
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether `text` holds the address `addr` whole.
+fn holds_addr(text: &str, addr: &str) -> bool {
+    replace_addr(text, addr, "") != text
 }
 
 /// A child process killed (SIGKILL) and reaped on drop.
@@ -39,6 +243,13 @@ impl Proc {
 
     pub fn pid(&self) -> Option<u32> {
         self.0.as_ref().map(|c| c.id())
+    }
+
+    /// Whether the process has exited (it is reaped if so).
+    pub fn exited(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
     }
 }
 
@@ -83,36 +294,68 @@ pub struct Upstream {
     pub name: String,
     pub addr: String,
     pub proc: Proc,
+    log: tempfile::NamedTempFile,
 }
 
 impl Upstream {
+    /// Start on a free loopback port (a new one if another process took it
+    /// first).
     pub fn start(name: &str) -> Upstream {
-        Upstream::start_on(name, &free_addr())
+        for _ in 0..PORT_ATTEMPTS {
+            let mut up = Upstream::spawn(name, &free_addr());
+            match up.await_serving() {
+                Startup::Serving => return up,
+                Startup::PortTaken(a) => {
+                    eprintln!("demo upstream {name}: {a} was taken, trying another port")
+                }
+            }
+        }
+        panic!("demo upstream {name}: {PORT_ATTEMPTS} ports in a row were taken");
     }
 
+    /// Start on `addr`, which must be free.
     pub fn start_on(name: &str, addr: &str) -> Upstream {
+        let mut up = Upstream::spawn(name, addr);
+        match up.await_serving() {
+            Startup::Serving => up,
+            Startup::PortTaken(a) => panic!("demo upstream {name}: {a} is taken"),
+        }
+    }
+
+    fn spawn(name: &str, addr: &str) -> Upstream {
+        let log = tempfile::NamedTempFile::new().expect("a log file");
         let child = Command::new(BIN)
             .args(["demo-upstream", "--name", name, "--listen", addr])
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().expect("the log file"))
             .spawn()
             .expect("start demo-upstream");
-        let up = Upstream {
+        Upstream {
             name: name.into(),
             addr: addr.into(),
             proc: Proc(Some(child)),
-        };
-        let ok = wait_until(TIMEOUT, || {
+            log,
+        }
+    }
+
+    fn await_serving(&mut self) -> Startup {
+        let (addr, log) = (self.addr.clone(), self.log.path().to_path_buf());
+        let health = || {
             httpc::request(
-                addr,
+                &addr,
                 &Request::new("GET", "/healthz"),
                 Duration::from_secs(1),
             )
             .is_ok_and(|r| r.status == 200)
-        });
-        assert!(ok, "demo upstream {name} did not start on {addr}");
-        up
+        };
+        await_listening(
+            &format!("demo upstream {}", self.name),
+            &mut self.proc,
+            std::slice::from_ref(&self.addr),
+            || read(&log),
+            health,
+        )
     }
 
     pub fn stop(&mut self) {
@@ -126,6 +369,8 @@ pub struct Drawbridge {
     pub web: String,
     pub admin: String,
     pub metrics: String,
+    /// For a tcp listener: `{tcp}` in the config.
+    pub tcp: String,
     pub config: PathBuf,
     pub proc: Proc,
     pub log: PathBuf,
@@ -133,7 +378,7 @@ pub struct Drawbridge {
 }
 
 impl Drawbridge {
-    /// Write `yaml` (with `{web}`, `{admin}`, `{metrics}`, `{dir}`
+    /// Write `yaml` (with `{web}`, `{admin}`, `{metrics}`, `{tcp}`, `{dir}`
     /// placeholders; the `server:` section and `state_file` are added) and
     /// start the proxy on it.
     pub fn start(yaml: &str) -> Drawbridge {
@@ -148,12 +393,13 @@ impl Drawbridge {
     /// Write the config without starting.
     pub fn prepare(yaml: &str, env: &[(&str, &str)]) -> Drawbridge {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (web, admin, metrics) = (free_addr(), free_addr(), free_addr());
+        let (web, admin, metrics, tcp) = (free_addr(), free_addr(), free_addr(), free_addr());
         let p = dir.path().display().to_string();
         let body = yaml
             .replace("{web}", &web)
             .replace("{admin}", &admin)
             .replace("{metrics}", &metrics)
+            .replace("{tcp}", &tcp)
             .replace("{dir}", &p);
         let mut text = format!(
             "server:\n  threads: 1\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\n  \
@@ -174,6 +420,7 @@ impl Drawbridge {
             web,
             admin,
             metrics,
+            tcp,
             config,
             proc: Proc(None),
             env: env
@@ -187,22 +434,61 @@ impl Drawbridge {
         self.dir.path().join("state.json")
     }
 
-    /// Start (or restart) the process and wait until it serves.
+    /// Start (or restart) the process and wait until it serves: it listens
+    /// itself on each of its addresses in the config, and the admin API
+    /// answers. An address that another process took in the meantime is
+    /// replaced by a new free one (in the config and in `self`) and the
+    /// process started again.
     pub fn launch(mut self) -> Drawbridge {
-        self.spawn();
-        let admin = self.admin.clone();
-        let web = self.web.clone();
-        let ok = wait_until(TIMEOUT, || {
-            httpc::request(
-                &admin,
-                &Request::new("GET", "/healthz"),
-                Duration::from_secs(1),
-            )
-            .is_ok_and(|r| r.status == 200)
-                && std::net::TcpStream::connect(&web).is_ok()
-        });
-        assert!(ok, "drawbridge did not start; log:\n{}", self.log_text());
-        self
+        for _ in 0..PORT_ATTEMPTS {
+            let from = self.log_text().len();
+            self.spawn();
+            let text = read(&self.config);
+            let addrs: Vec<String> = [&self.web, &self.admin, &self.metrics, &self.tcp]
+                .into_iter()
+                .filter(|a| holds_addr(&text, a))
+                .cloned()
+                .collect();
+            let (admin, log) = (self.admin.clone(), self.log.clone());
+            let health = || {
+                httpc::request(
+                    &admin,
+                    &Request::new("GET", "/healthz"),
+                    Duration::from_secs(1),
+                )
+                .is_ok_and(|r| r.status == 200)
+            };
+            let since_start = || read(&log).get(from..).unwrap_or_default().to_string();
+            match await_listening("drawbridge", &mut self.proc, &addrs, since_start, health) {
+                Startup::Serving => return self,
+                Startup::PortTaken(taken) => {
+                    eprintln!("drawbridge: {taken} was taken, trying another port");
+                    self.proc.kill();
+                    self.move_off(&taken);
+                }
+            }
+        }
+        panic!(
+            "drawbridge: {PORT_ATTEMPTS} starts in a row found a port taken; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Replace the address `taken` by a free one, in the config and here.
+    fn move_off(&mut self, taken: &str) {
+        let new = free_addr();
+        let text = read(&self.config);
+        std::fs::write(&self.config, replace_addr(&text, taken, &new)).expect("write config");
+        for a in [
+            &mut self.web,
+            &mut self.admin,
+            &mut self.metrics,
+            &mut self.tcp,
+        ] {
+            if a == taken {
+                *a = new.clone();
+            }
+        }
     }
 
     fn spawn(&mut self) {
@@ -281,6 +567,27 @@ impl Drawbridge {
     pub fn metrics_text(&self) -> String {
         get(&self.metrics, "/metrics").text()
     }
+
+    /// The value of one series, written as /metrics writes it:
+    /// `name{a="x",b="y"}` (labels in its order). Panics when it is missing.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics_text();
+        metric_value(&text, series)
+            .unwrap_or_else(|| panic!("no series {series} in /metrics:\n{text}"))
+    }
+}
+
+/// The value of the series `series` (`name{labels}` exactly as written) in
+/// a Prometheus text exposition.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
 }
 
 /// Run a command with a time limit; its output. The pipes are read while
