@@ -155,6 +155,29 @@ fn each_bad_config_names_its_key_path() {
         ),
         (format!("bogus: 1\n{GOOD}"), "bogus", "unknown key"),
         (
+            format!("limits: {{ header_timeout: 500ms }}\n{GOOD}"),
+            "limits.header_timeout",
+            "between 1s and 1h",
+        ),
+        (
+            format!("limits: {{ keepalive_timeout: soon }}\n{GOOD}"),
+            "limits.keepalive_timeout",
+            "invalid duration",
+        ),
+        (
+            format!("limits: {{ max_connections: 10, max_connections_per_client: 20 }}\n{GOOD}"),
+            "limits.max_connections_per_client",
+            "must not exceed",
+        ),
+        (
+            GOOD.replace(
+                "{ name: app, backend: app }",
+                "{ name: app, backend: app, maintenance: { retry_after: 0 } }",
+            ),
+            "sites[0].maintenance.retry_after",
+            "between 1 and 604800",
+        ),
+        (
             GOOD.replace(
                 "{ name: app, backend: app }",
                 "{ name: app, backend: app, maintenance: { retry_after: soon } }",
