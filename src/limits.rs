@@ -234,11 +234,11 @@ impl AsyncRead for LimitedStream {
         if std::future::Future::poll(timer.as_mut(), cx).is_pending() {
             return Poll::Pending;
         }
+        this.late.inc();
         match policy::late_head(this.head_bytes) {
             // End of stream: Pingora closes quietly.
             LateHead::Close => Poll::Ready(Ok(())),
             LateHead::RequestTimeout => {
-                this.late.inc();
                 // Best effort: a 408 fits in the socket's buffer.
                 let _ = Pin::new(&mut this.inner).poll_write(cx, policy::REQUEST_TIMEOUT);
                 let _ = Pin::new(&mut this.inner).poll_flush(cx);

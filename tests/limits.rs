@@ -115,14 +115,15 @@ fn trickling_heads_get_408_and_normal_clients_are_served() {
     // The 408 may be lost to a reset when the client's unread lines are
     // discarded; most are read.
     assert!(answered_408 > 0, "no slow client read its 408");
-    let after = rejected(&d, "header_timeout");
-    assert_eq!(after - before, 1000.0, "each late head counted once");
     let mut silent = silent;
     assert_eq!(
         read_to_close(&mut silent),
         b"",
         "nothing sent: closed quietly"
     );
+    // Each late connection counted once: the 1,000 and the silent one.
+    let after = rejected(&d, "header_timeout");
+    assert_eq!(after - before, 1001.0);
     assert!(d.get("/").status == 200);
 }
 
@@ -235,4 +236,79 @@ fn per_client_and_total_connection_limits() {
     held.clear();
     assert!(wait_until(Duration::from_secs(5), || open() <= 25));
     assert_eq!(d.get("/").status, 200);
+}
+
+/// `bench/abuse.py`: `conns` half-open connections from 127.0.0.2 held for
+/// `seconds`, with a normal client and the admin API probed each second;
+/// the results of each probe (`200`, `TimeoutError`, ...), client first.
+fn abuse(d: &Drawbridge, conns: usize, seconds: u64) -> Vec<[String; 2]> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/abuse.py");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args([script, "--target", &d.web, "--admin", &d.admin])
+        .args([
+            "--conns",
+            &conns.to_string(),
+            "--seconds",
+            &seconds.to_string(),
+        ]);
+    let o = run_bounded(cmd);
+    let text = out(&o);
+    eprintln!("{text}");
+    text.lines()
+        .skip_while(|l| !l.starts_with("t(s)"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("attacker"))
+        .map(|l| {
+            let r: Vec<&str> = l
+                .split_whitespace()
+                .skip(1)
+                .filter(|f| !f.ends_with("ms"))
+                .collect();
+            [r.first(), r.get(1)].map(|f| f.copied().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+/// Whether the slow part of the suite runs (`.ci/run` sets it).
+fn slow_tests() -> bool {
+    let on = std::env::var("DRAWBRIDGE_SLOW_TESTS").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!("skipped: set DRAWBRIDGE_SLOW_TESTS=1 to run");
+    }
+    on
+}
+
+/// 20,000 half-open connections from one address: with
+/// max_connections_per_client, a normal client and the admin API are
+/// answered all along; without it, the admin API still answers and the
+/// service comes back by itself once the attackers' heads time out.
+#[test]
+fn twenty_thousand_half_open_connections() {
+    if !slow_tests() {
+        return;
+    }
+    let up = Upstream::start("app-01");
+    let limited = Drawbridge::start(&config(&up, "  max_connections_per_client: 100"));
+    let probes = abuse(&limited, 20_000, 12);
+    assert!(probes.len() >= 8, "{probes:?}");
+    // The admin API all along; the normal client once the attackers'
+    // connections are made (the one worker thread accepts 20,000 first).
+    assert!(probes.iter().all(|[_, a]| a == "200"), "admin: {probes:?}");
+    assert!(
+        probes[3..].iter().all(|[c, _]| c == "200"),
+        "the normal client: {probes:?}"
+    );
+    assert!(rejected(&limited, "max_connections_per_client") >= 19_000.0);
+    drop(limited);
+
+    let open = Drawbridge::start(&config(&up, "  header_timeout: 3s"));
+    let probes = abuse(&open, 20_000, 14);
+    assert!(probes.len() >= 10, "{probes:?}");
+    assert!(probes.iter().all(|[_, a]| a == "200"), "admin: {probes:?}");
+    let tail = &probes[probes.len() - 4..];
+    assert!(
+        tail.iter().all(|[c, _]| c == "200"),
+        "service back by itself: {probes:?}"
+    );
+    assert!(rejected(&open, "header_timeout") >= 15_000.0);
 }
