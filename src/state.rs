@@ -363,7 +363,12 @@ impl Runtime {
             &self.config.state_file,
             &to_file(&self.config, &draft, guard.as_deref()),
         )
-        .map_err(|e| StateError::Storage(format!("cannot write the state file: {e}")))?;
+        .map_err(|e| {
+            StateError::Storage(format!(
+                "cannot write the state file {}: {e}",
+                self.config.state_file.display()
+            ))
+        })?;
         self.publish_metrics(&snapshot);
         self.snapshot.store(Arc::new(snapshot));
         self.generation.fetch_add(1, Release);

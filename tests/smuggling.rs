@@ -16,8 +16,7 @@
 //!
 //! A new case is one line in [`CASES`] (framing, with maintenance, error
 //! and no-site answers) or [`ROUTES`] (host routing with a default site).
-//! A case that fails for want of a fix in `src/` goes, still whole, to
-//! [`KNOWN_BUGS`] or [`KNOWN_ROUTE_BUGS`], run by ignored tests.
+//! A case that fails is a bug in `src/`: fix it, never the case.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -177,24 +176,14 @@ const CASES: &[Case] = &[
     case("no site (404), body holding a request", concat!("POST /ok HTTP/1.1\r\nHost: nosite.test\r\nContent-Length: 42\r\n\r\n", smuggled!()).as_bytes(), 0, &[404]),
     case("no site (404), chunked body holding a request", concat!("POST /ok HTTP/1.1\r\nHost: nosite.test\r\nTransfer-Encoding: chunked\r\n\r\n2a\r\n", smuggled!(), "\r\n0\r\n\r\n").as_bytes(), 0, &[404]),
     case("error page (503), body holding a request", concat!("POST /ok HTTP/1.1\r\nHost: dead.test\r\nContent-Length: 42\r\n\r\n", smuggled!()).as_bytes(), 0, &[503]),
-];
-
-/// Known desyncs that need a fix in `src/`: each is a full case, run
-/// by [`known_bugs_in_the_corpus`] (ignored until fixed; then move the
-/// line to [`CASES`]).
-#[rustfmt::skip]
-const KNOWN_BUGS: &[Case] = &[
     // RFC 9112 6.3 / RFC 9110 8.6: a recipient of duplicate identical
     // Content-Length values must reject the message or replace them with
-    // one value before forwarding. drawbridge forwards both header lines
-    // as received, so a strict server refuses the request (and a lax one
-    // may frame it its own way).
+    // one value before forwarding; drawbridge forwards one.
     case("two identical Content-Length headers", b"POST /ok HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 1, OK),
     case("Content-Length list of identical values", b"POST /ok HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5, 5\r\n\r\nhello", 1, OK),
     // An HTTP/1 absolute-form target without Host: Pingora forwards it
-    // with `Host: app.test` from the target, but drawbridge routes it as
-    // a request without a host (here: no default site, 404; with one, the
-    // default site: see KNOWN_ROUTE_BUGS).
+    // with `Host: app.test` from the target, and drawbridge routes it by
+    // that authority too.
     checked("absolute-URI without Host: routed and forwarded by its authority", b"GET http://app.test/ok HTTP/1.1\r\n\r\n", 1, OK, host_is_app),
 ];
 
@@ -248,18 +237,10 @@ const ROUTES: &[RouteCase] = &[
     route("absolute-URI naming another, Host naming app", b"GET http://other.test/ok HTTP/1.1\r\nHost: app.test\r\n\r\n", 0, 0, BAD, None),
     route("absolute-URI naming app, Host empty", b"GET http://app.test/ok HTTP/1.1\r\nHost: \r\n\r\n", 0, 0, BAD, None),
     route("absolute-URI of no site, no Host, goes to the default site", b"GET http://other.test/ok HTTP/1.1\r\n\r\n", 0, 1, OK, Some(host_is_other)),
-];
-
-/// Routing inconsistencies that need a fix in `src/`, run by
-/// [`known_routing_bugs`] (ignored until fixed; then move the line to
-/// [`ROUTES`]).
-#[rustfmt::skip]
-const KNOWN_ROUTE_BUGS: &[RouteCase] = &[
     // Pingora keeps an HTTP/1 absolute-form target's authority out of
-    // `uri.authority()`, and drawbridge's router falls back to nothing
-    // else when Host is absent: the request is routed to the default
-    // site (its maintenance, allow list and backend) while Pingora sends
-    // it upstream with the absolute target and `Host: app.test`.
+    // `uri.authority()` and sends it upstream with `Host: app.test`: the
+    // router must read the same authority, or the default site's
+    // maintenance, allow list and backend would apply.
     route("absolute-URI naming app, no Host: routed as app", b"GET http://app.test/ok HTTP/1.1\r\n\r\n", 1, 0, OK, Some(host_is_app)),
     // The same past app's maintenance: the default site's server gets a
     // request for app's closed path instead of the maintenance page.
@@ -384,20 +365,8 @@ fn the_corpus_reaches_the_backend_as_the_client_meant() {
 }
 
 #[test]
-#[ignore = "needs a fix in src: duplicate identical Content-Length headers are forwarded as received; an absolute-form target without Host is not routed by its authority"]
-fn known_bugs_in_the_corpus() {
-    run_corpus(KNOWN_BUGS);
-}
-
-#[test]
 fn routing_follows_one_host_consistently() {
     run_routes(ROUTES);
-}
-
-#[test]
-#[ignore = "an HTTP/1 absolute-form target without Host is routed to the default site but forwarded with the target's Host: needs a fix in src (route by the target's authority)"]
-fn known_routing_bugs() {
-    run_routes(KNOWN_ROUTE_BUGS);
 }
 
 /// The harness itself: a smuggled request sent straight to the backend

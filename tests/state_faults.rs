@@ -236,7 +236,6 @@ fn an_unwritable_state_file_refuses_the_change_and_keeps_the_running_state() {
 /// An operator reading the 500 must learn which file could not be
 /// written: its path, not only the words "the state file".
 #[test]
-#[ignore = "needs a fix in src: the 500's message says \"cannot write the state file: <os error>\" without the file's path"]
 fn the_storage_error_names_the_state_file_path() {
     let upstream = Upstream::start();
     let mut proxy = Proxy::prepare(&upstream.addr, "state/state.json");

@@ -56,6 +56,29 @@ impl Router {
     }
 }
 
+/// The authority of an absolute-form request target
+/// (`http://app.example/path`): what names the host when a request has no
+/// Host header. `None` for an origin-form target (`/path`).
+pub fn target_authority(target: &[u8]) -> Option<&[u8]> {
+    let scheme_end = target.windows(3).position(|w| w == b"://")?;
+    let scheme = &target[..scheme_end];
+    if !scheme.eq_ignore_ascii_case(b"http") && !scheme.eq_ignore_ascii_case(b"https") {
+        return None;
+    }
+    let rest = &target[scheme_end + 3..];
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    let authority = &rest[..end];
+    // Without userinfo (`user@host`), which names no host of ours.
+    let host = match authority.iter().rposition(|&b| b == b'@') {
+        Some(at) => &authority[at + 1..],
+        None => authority,
+    };
+    (!host.is_empty()).then_some(host)
+}
+
 /// Lower-case host name without port or trailing dot, written into `buf`.
 fn normalise<'a>(host: &[u8], buf: &'a mut [u8; 256]) -> Option<&'a str> {
     let host = trim_port(host);
@@ -87,6 +110,18 @@ fn trim_port(host: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authority_of_absolute_targets() {
+        let a = target_authority;
+        assert_eq!(a(b"http://app.test/ok"), Some(&b"app.test"[..]));
+        assert_eq!(a(b"HTTPS://App.Test:8443?q=1"), Some(&b"App.Test:8443"[..]));
+        assert_eq!(a(b"http://user@app.test/"), Some(&b"app.test"[..]));
+        assert_eq!(a(b"http://"), None);
+        assert_eq!(a(b"/ok"), None);
+        assert_eq!(a(b"/redirect?to=http://evil.test/"), None);
+        assert_eq!(a(b"ftp://app.test/"), None);
+    }
     use crate::config::MaintenanceSettings;
 
     fn site(name: &str, hosts: &[&str]) -> Site {

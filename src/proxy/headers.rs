@@ -142,6 +142,40 @@ fn forwarded_value(ip: IpAddr) -> Option<HeaderValue> {
 /// Remove the cookies named in `names` from the `Cookie` headers; a header
 /// left empty is removed. Headers without those cookies are kept as they
 /// are.
+/// Duplicate `Content-Length` values that agree (two header lines, or a
+/// list such as `5, 5`) replaced by one, as RFC 9110 section 8.6 asks of a
+/// proxy; values that disagree were refused by Pingora already. Returns
+/// whether anything changed.
+pub fn single_content_length(h: &mut HeaderMap) -> bool {
+    use http::header::CONTENT_LENGTH;
+    let mut values = h.get_all(CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return false;
+    };
+    if values.next().is_none() && !first.as_bytes().contains(&b',') {
+        return false;
+    }
+    let mut agreed: Option<Vec<u8>> = None;
+    for v in h.get_all(CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            match &agreed {
+                _ if part.is_empty() => {}
+                None => agreed = Some(part.to_vec()),
+                Some(a) if a == part => {}
+                Some(_) => return false,
+            }
+        }
+    }
+    match agreed.and_then(|a| HeaderValue::from_bytes(&a).ok()) {
+        Some(v) => {
+            h.insert(CONTENT_LENGTH, v);
+            true
+        }
+        None => false,
+    }
+}
+
 pub fn strip_cookies(h: &mut HeaderMap, names: &[&str]) {
     let Entry::Occupied(mut entry) = h.entry(COOKIE) else {
         return;
@@ -182,6 +216,38 @@ pub fn strip_cookies(h: &mut HeaderMap, names: &[&str]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn duplicate_content_lengths_become_one() {
+        use http::header::CONTENT_LENGTH;
+        let map = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(
+                    CONTENT_LENGTH,
+                    HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("x")),
+                );
+            }
+            h
+        };
+        let mut two = map(&["5", "5"]);
+        assert!(single_content_length(&mut two));
+        assert_eq!(
+            two.get_all(CONTENT_LENGTH).iter().collect::<Vec<_>>(),
+            ["5"]
+        );
+        let mut list = map(&["5, 5"]);
+        assert!(single_content_length(&mut list));
+        assert_eq!(
+            list.get_all(CONTENT_LENGTH).iter().collect::<Vec<_>>(),
+            ["5"]
+        );
+        for unchanged in [&["5"][..], &[], &["5", "6"], &["5, 6"]] {
+            let mut h = map(unchanged);
+            assert!(!single_content_length(&mut h), "{unchanged:?}");
+            assert_eq!(h.get_all(CONTENT_LENGTH).iter().count(), unchanged.len());
+        }
+    }
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     #[test]

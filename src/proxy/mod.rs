@@ -265,10 +265,11 @@ impl ProxyHttp for Proxy {
         let req = session.req_header();
         // Host is looked up only when routing needs it.
         let host = rt.router.reads_host().then(|| {
-            req.headers
-                .get(HOST)
-                .map(|h| h.as_bytes())
-                .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
+            req.headers.get(HOST).map(|h| h.as_bytes()).or_else(|| {
+                // Pingora keeps an absolute-form target whole: its
+                // authority names the host, as Pingora's Host upstream will.
+                crate::policy::route::target_authority(req.raw_path())
+            })
         });
         let Some(site_idx) = rt.router.route(host.flatten()) else {
             ctx.answer = Answer::NoSite;

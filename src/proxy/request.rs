@@ -83,6 +83,7 @@ pub fn forwarded_headers(
                 headers::strip_cookies(h, &names);
             }
         }
+        headers::single_content_length(h);
         headers::append_forwarded_for(h, peer);
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         if let Some(host) = h.get(HOST).cloned() {
