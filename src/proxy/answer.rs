@@ -2,7 +2,9 @@
 //! to the client: header and body in one send, keep-alive kept. What the
 //! answer holds is rendered by [`crate::policy::pages`].
 
-use crate::policy::pages::head;
+use super::{Answer, Ctx};
+use crate::policy::pages::{self, head};
+use crate::state::Runtime;
 use bytes::Bytes;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
@@ -66,4 +68,38 @@ pub async fn discard_small_body(session: &mut Session) {
     if !drained {
         session.as_downstream_mut().set_keepalive(None);
     }
+}
+
+/// The site's error page: 503 when no server could take the request,
+/// 502 or 504 when the one that took it failed.
+pub async fn error_page(
+    rt: &Runtime,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    status: u16,
+) -> Result<()> {
+    ctx.answer = Answer::ErrorPage;
+    rt.metrics.sites[ctx.site].error_page.inc();
+    let body = rt.error_pages[ctx.site].clone();
+    respond(session, status, pages::HTML, body).await
+}
+
+/// The maintenance page, HTML or JSON as the client prefers.
+pub async fn maintenance_page(rt: &Runtime, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+    ctx.answer = Answer::Maintenance;
+    rt.metrics.sites[ctx.site].maintenance_responses.inc();
+    let snap = ctx.snap.clone().expect("loaded before the gate");
+    let page = &snap.sites[ctx.site].page;
+    let accept = session
+        .req_header()
+        .headers
+        .get(http::header::ACCEPT)
+        .map(|a| a.as_bytes());
+    let (head, body) = if pages::prefers_json(accept) {
+        (page.json_head.clone(), page.json.clone())
+    } else {
+        (page.html_head.clone(), page.html.clone())
+    };
+    discard_small_body(session).await;
+    send(session, head, body).await
 }

@@ -1,13 +1,18 @@
 //! The HTTP proxy: Pingora's `ProxyHttp` phases in the order they run.
 //!
-//! - `request_filter`: route to a site, find the client address, pass the
-//!   maintenance gate (or answer the maintenance page), read the sticky
-//!   cookie, choose a server (or answer the error page) and edit the
-//!   request for it: strip our cookies, add X-Forwarded-*.
-//! - `upstream_peer`: the chosen server; on a retried connect failure, the
-//!   next one.
+//! - `request_filter`: the client limits take over from the head deadline
+//!   ([`crate::limits`]), route to a site, find the client address, pass the
+//!   maintenance gate (or answer the maintenance page, [`answer`]), read
+//!   our cookies and edit the request ([`request`]), choose a server (or
+//!   answer the error page).
+//! - `upstream_peer`: the chosen server, with its timeouts; on a retried
+//!   connect failure, the next one.
+//! - `fail_to_proxy`: the status a failure answers, and the error page.
 //! - `response_filter`: pin a new or redispatched client with Set-Cookie.
-//! - `logging`: in-flight bookkeeping, metrics, the access log.
+//! - `logging`: in flight released, metrics and the access log ([`account`]).
+//!
+//! Every decision is a function of [`crate::policy`]; this module holds the
+//! request's context and the order of the phases.
 
 mod account;
 pub mod answer;
@@ -17,7 +22,7 @@ mod request;
 use crate::policy::errors::{failure, Failure};
 use crate::policy::gate::{self, Bypass};
 use crate::policy::select::{self, Candidate, Redispatch, Tier};
-use crate::policy::{pages, sticky};
+use crate::policy::sticky;
 use crate::state::{now_ms, InFlight, Runtime, Snapshot};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -194,35 +199,6 @@ impl Proxy {
             live.last_sticky_ms.store(now_ms(), Relaxed);
         }
     }
-
-    /// The site's error page: 503 when no server could take the request,
-    /// 502 or 504 when the one that took it failed.
-    async fn error_page(&self, session: &mut Session, ctx: &mut Ctx, status: u16) -> Result<()> {
-        ctx.answer = Answer::ErrorPage;
-        self.rt.metrics.sites[ctx.site].error_page.inc();
-        let body = self.rt.error_pages[ctx.site].clone();
-        answer::respond(session, status, pages::HTML, body).await
-    }
-
-    /// The maintenance page, HTML or JSON as the client prefers.
-    async fn maintenance_page(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        ctx.answer = Answer::Maintenance;
-        self.rt.metrics.sites[ctx.site].maintenance_responses.inc();
-        let snap = ctx.snap.clone().expect("loaded before the gate");
-        let page = &snap.sites[ctx.site].page;
-        let accept = session
-            .req_header()
-            .headers
-            .get(http::header::ACCEPT)
-            .map(|a| a.as_bytes());
-        let (head, body) = if pages::prefers_json(accept) {
-            (page.json_head.clone(), page.json.clone())
-        } else {
-            (page.html_head.clone(), page.html.clone())
-        };
-        answer::discard_small_body(session).await;
-        answer::send(session, head, body).await
-    }
 }
 
 #[async_trait]
@@ -312,7 +288,7 @@ impl ProxyHttp for Proxy {
                 Some(Bypass::Allow) => m.bypass_allow.inc(),
                 Some(Bypass::Token) => m.bypass_token.inc(),
                 None => {
-                    Box::pin(self.maintenance_page(session, ctx)).await?;
+                    Box::pin(answer::maintenance_page(rt, session, ctx)).await?;
                     return Ok(true);
                 }
             }
@@ -324,7 +300,7 @@ impl ProxyHttp for Proxy {
                 Ok(false)
             }
             None => {
-                Box::pin(self.error_page(session, ctx, 503)).await?;
+                Box::pin(answer::error_page(rt, session, ctx, 503)).await?;
                 Ok(true)
             }
         }
@@ -412,7 +388,7 @@ impl ProxyHttp for Proxy {
         let unanswered = session.response_written().is_none();
         let error_code = match failure(e.etype(), &e.esource) {
             Failure::ErrorPage(status) if unanswered && ctx.snap.is_some() => {
-                if let Err(err) = self.error_page(session, ctx, status).await {
+                if let Err(err) = answer::error_page(&self.rt, session, ctx, status).await {
                     log::debug!("cannot send the error page: {err}");
                 }
                 status
