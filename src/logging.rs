@@ -80,27 +80,29 @@ fn write_out(out: &File, buf: &mut Vec<u8>) {
 
 /// Run `f` on this thread's shard, registering it on first use.
 fn with_shard(access: &Access, f: impl FnOnce(&mut Vec<u8>)) {
-    let shard = SHARD.try_with(|cell| {
-        cell.borrow_mut()
-            .get_or_insert_with(|| {
-                let shard = Arc::new(Mutex::new(Vec::with_capacity(FLUSH_BYTES)));
-                access
-                    .shards
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(shard.clone());
-                shard
-            })
-            .clone()
-    });
-    match shard {
-        Ok(shard) => f(&mut lock(&shard)),
-        // The thread is exiting: its own one-line buffer.
-        Err(_) => {
-            let mut buf = Vec::new();
-            f(&mut buf);
-            write_out(&access.out, &mut buf);
+    let mut f = Some(f);
+    let _ = SHARD.try_with(|cell| {
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return;
+        };
+        let shard = slot.get_or_insert_with(|| {
+            let shard = Arc::new(Mutex::new(Vec::with_capacity(FLUSH_BYTES)));
+            access
+                .shards
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(shard.clone());
+            shard
+        });
+        if let Some(f) = f.take() {
+            f(&mut lock(shard));
         }
+    });
+    // The thread is exiting (or its shard is in use): a one-line buffer.
+    if let Some(f) = f.take() {
+        let mut buf = Vec::new();
+        f(&mut buf);
+        write_out(&access.out, &mut buf);
     }
 }
 
@@ -116,7 +118,8 @@ impl Log for Logger {
         };
         if record.target() != "access" {
             // Keep this thread's order: its pending access lines first.
-            if let Ok(Some(shard)) = SHARD.try_with(|c| c.borrow().clone()) {
+            let shard = SHARD.try_with(|c| c.try_borrow().ok().and_then(|s| s.clone()));
+            if let Ok(Some(shard)) = shard {
                 write_out(&access.out, &mut lock(&shard));
             }
             self.inner.log(record);
