@@ -36,4 +36,5 @@ pub mod proxy;
 pub mod server;
 pub mod state;
 pub mod tcp;
+pub mod tls;
 pub mod wire;

@@ -349,13 +349,14 @@ impl Peek for LimitedStream {
     }
 }
 
-/// One HTTP listener's figures.
+/// One HTTP listener's figures, and its TLS if it terminates TLS.
 struct ListenerFigures {
     name: String,
     addr: Option<std::net::SocketAddr>,
     connections: IntGauge,
     refused: [IntCounter; 2],
     late: IntCounter,
+    tls: Option<(crate::tls::Tls, [IntCounter; 2])>,
 }
 
 /// The HTTP listeners' connections: counted, limited, and handed to the
@@ -367,35 +368,46 @@ pub struct Guarded<A> {
 }
 
 impl<A> Guarded<A> {
-    /// `listeners`: (index in the config, name, listen address) of each
-    /// HTTP listener the service serves.
+    /// `listeners`: each HTTP listener the service serves, with its index
+    /// in the config. Fails when a TLS listener's certificates do not load.
     pub fn new(
         app: Arc<A>,
         limiter: Arc<Limiter>,
-        listeners: &[(usize, &str, &str)],
+        listeners: &[(usize, &crate::config::Listener)],
         metrics: &crate::metrics::Metrics,
-    ) -> Guarded<A> {
-        let listeners = listeners
-            .iter()
-            .map(|&(index, name, listen)| {
-                let rejected = |reason: &str| metrics.rejected.with_label_values(&[name, reason]);
-                ListenerFigures {
-                    name: name.to_string(),
-                    addr: listen.parse().ok(),
-                    connections: metrics.connections[index].clone(),
-                    refused: [
-                        rejected(Refusal::MaxConnections.as_str()),
-                        rejected(Refusal::PerClient.as_str()),
-                    ],
-                    late: rejected("header_timeout"),
+    ) -> Result<Guarded<A>, String> {
+        let mut figures = Vec::new();
+        for &(index, l) in listeners {
+            let name = l.name.as_str();
+            let rejected = |reason: &str| metrics.rejected.with_label_values(&[name, reason]);
+            let tls = match &l.tls {
+                None => None,
+                Some(t) => {
+                    let tls =
+                        crate::tls::Tls::new(t).map_err(|e| format!("listener {name}: {e}"))?;
+                    crate::tls::publish_expiry(name, &tls.certs.load(), metrics);
+                    let handshakes =
+                        |result: &str| metrics.tls_handshakes.with_label_values(&[name, result]);
+                    Some((tls, [handshakes("ok"), handshakes("error")]))
                 }
-            })
-            .collect();
-        Guarded {
+            };
+            figures.push(ListenerFigures {
+                name: name.to_string(),
+                addr: l.listen.parse().ok(),
+                connections: metrics.connections[index].clone(),
+                refused: [
+                    rejected(Refusal::MaxConnections.as_str()),
+                    rejected(Refusal::PerClient.as_str()),
+                ],
+                late: rejected("header_timeout"),
+                tls,
+            });
+        }
+        Ok(Guarded {
             app,
             limiter,
-            listeners,
-        }
+            listeners: figures,
+        })
     }
 
     /// The listener a connection came in on, by its local address.
@@ -458,6 +470,25 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         };
         listener.connections.inc();
         let _open = Open(listener.connections.clone());
+        let stream = match &listener.tls {
+            None => stream,
+            Some((tls, [ok, failed])) => {
+                match handshake(tls, stream, self.limiter.limits.header_timeout).await {
+                    Ok(s) => {
+                        ok.inc();
+                        s
+                    }
+                    Err(e) => {
+                        failed.inc();
+                        log::debug!(
+                            "listener {}: TLS handshake with {client}: {e}",
+                            listener.name
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
         let h2 = stream.selected_alpn_proto() == Some(ALPN::H2);
         let limited = LimitedStream {
             inner: stream,
@@ -475,6 +506,24 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
 
     async fn cleanup(&self) {
         self.app.cleanup().await
+    }
+}
+
+/// The TLS handshake of an admitted connection, within `deadline`.
+async fn handshake(
+    tls: &crate::tls::Tls,
+    stream: Stream,
+    deadline: Duration,
+) -> Result<Stream, String> {
+    use pingora_core::protocols::l4::stream::Stream as L4Stream;
+    let l4 = stream
+        .into_any()
+        .downcast::<L4Stream>()
+        .map_err(|_| "not a plain TCP stream".to_string())?;
+    match tokio::time::timeout(deadline, tls.acceptor.tls_handshake(*l4)).await {
+        Ok(Ok(s)) => Ok(Box::new(s)),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("not complete within {deadline:?}")),
     }
 }
 

@@ -163,6 +163,10 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     /// `drawbridge_limit` by limit name: the limits in force.
     pub limits: IntGaugeVec,
+    /// `drawbridge_tls_handshakes_total` by listener and result.
+    pub tls_handshakes: IntCounterVec,
+    /// `drawbridge_certificate_expiry_timestamp_seconds` by listener and name.
+    pub cert_expiry: IntGaugeVec,
 }
 
 struct Family {
@@ -430,7 +434,26 @@ impl Metrics {
             "Limits in force (connections, or seconds for timeouts), by limit",
             &["limit"],
         )?;
+        let tls_handshakes = counter_vec(
+            (&r, &mut f),
+            "drawbridge_tls_handshakes_total",
+            "TLS handshakes, by listener and result (ok, error)",
+            &["listener", "result"],
+        )?;
+        let cert_expiry = gauge_vec(
+            (&r, &mut f),
+            "drawbridge_certificate_expiry_timestamp_seconds",
+            "When each certificate expires (unix seconds), by listener and DNS name",
+            &["listener", "name"],
+        )?;
+        for l in config.listeners.iter().filter(|l| l.tls.is_some()) {
+            for result in ["ok", "error"] {
+                tls_handshakes.with_label_values(&[&l.name, result]);
+            }
+        }
         Ok(Metrics {
+            tls_handshakes,
+            cert_expiry,
             connections,
             rejected,
             limits,

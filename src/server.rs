@@ -54,6 +54,7 @@ pub fn check(path: &Path) -> i32 {
         Ok(c) => match crate::state::initial_state(&c) {
             // `run` would refuse a state file it cannot apply: so does `check`.
             Ok(_) => {
+                c.warnings.iter().for_each(|w| eprintln!("warning: {w}"));
                 println!("{}", c.summary());
                 0
             }
@@ -85,6 +86,7 @@ pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
     let listeners = config.listeners.clone();
     let admin_listen = config.admin.listen.clone();
     let metrics_listen = config.metrics_listen.clone();
+    config.warnings.iter().for_each(|w| log::warn!("{w}"));
     let nofile = crate::limits::raise_nofile();
     let rt = match Runtime::new(config, nofile) {
         Ok(rt) => Arc::new(rt),
@@ -127,19 +129,25 @@ pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
-    let http: Vec<(usize, &str, &str)> = listeners
+    let http: Vec<(usize, &config::Listener)> = listeners
         .iter()
         .enumerate()
         .filter(|(_, l)| l.protocol == Protocol::Http)
-        .map(|(i, l)| (i, l.name.as_str(), l.listen.as_str()))
         .collect();
     let app = pingora_proxy::http_proxy(&server.configuration, Proxy::new(rt.clone()));
     let guarded =
-        crate::limits::Guarded::new(Arc::new(app), rt.limiter.clone(), &http, &rt.metrics);
+        match crate::limits::Guarded::new(Arc::new(app), rt.limiter.clone(), &http, &rt.metrics) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 1;
+            }
+        };
     let mut proxy = Service::new("drawbridge proxy".to_string(), guarded);
     for l in listeners.iter().filter(|l| l.protocol == Protocol::Http) {
         proxy.add_listener(ListenerConfig::tcp(l.listen.clone()).l4_buffer(listener_buffers()));
-        log::info!("listener {} on http://{}", l.name, l.listen);
+        let scheme = if l.tls.is_some() { "https" } else { "http" };
+        log::info!("listener {} on {scheme}://{}", l.name, l.listen);
     }
     server.add_service(proxy);
 

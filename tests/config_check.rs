@@ -188,7 +188,7 @@ fn each_bad_config_names_its_key_path() {
         (
             GOOD.replace("name: web,", "name: web, tls: { cert: a.pem, key: a.key },"),
             "listeners[0].tls",
-            "not supported",
+            "cannot read",
         ),
         (
             GOOD.replace("listen: \"127.0.0.1:18999\"", "listen: \"127.0.0.1:9090\""),

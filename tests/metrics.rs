@@ -422,7 +422,8 @@ fn metric_values_follow_traffic_maintenance_and_drain() {
 // ------------------------------ (b) every contract metric, its labels
 
 /// CONTRACT sections 6 and 15 (as far as built), and the limits in force
-/// (docs/metrics.md): name, type, labels.
+/// (docs/metrics.md): name, type, labels. The TLS families have series only
+/// with a TLS listener: tests/tls.rs reads them.
 const CONTRACT: &[(&str, &str, &[&str])] = &[
     ("drawbridge_connections", "gauge", &["listener"]),
     (

@@ -45,6 +45,17 @@ pub struct MetricsFile {
 pub struct TlsFile {
     pub cert: String,
     pub key: String,
+    #[serde(default)]
+    pub certs: Vec<CertFile>,
+    pub http2: Option<bool>,
+    pub min_version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFile {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -2,6 +2,7 @@
 //! the validation between them. `load` reads a YAML file and returns either
 //! the model or every problem found, each naming the file and the key path.
 
+pub mod cert;
 pub mod check;
 mod file;
 pub mod model;
@@ -56,10 +57,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, Vec<String>> {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from(".")),
         problems: Vec::new(),
+        warnings: Vec::new(),
     };
     let config = v.document(text, path);
     match config {
-        Some(c) if v.problems.is_empty() => Ok(c),
+        Some(mut c) if v.problems.is_empty() => {
+            c.warnings = v.warnings;
+            Ok(c)
+        }
         _ => Err(v.problems),
     }
 }
@@ -68,6 +73,7 @@ struct Validator {
     file: String,
     base: PathBuf,
     problems: Vec<String>,
+    warnings: Vec<String>,
 }
 
 impl Validator {
@@ -215,6 +221,7 @@ impl Validator {
             trusted_proxies,
             limits,
             listeners,
+            warnings: Vec::new(),
             sites,
             backends,
         })
@@ -261,6 +268,54 @@ impl Validator {
                 .unwrap_or_else(|| "/tmp/drawbridge_upgrade.sock".into()),
             pid_file: f.pid_file.unwrap_or_else(|| "/tmp/drawbridge.pid".into()),
         }
+    }
+
+    /// A TLS listener's settings, with every certificate loaded and
+    /// checked ([`cert::load`]).
+    fn tls(&mut self, f: &TlsFile, protocol: Protocol, key: &str) -> Option<TlsConfig> {
+        if protocol != Protocol::Http {
+            self.problem(key, "TLS is terminated on http listeners only");
+            return None;
+        }
+        let min_version = match f.min_version.as_deref().unwrap_or("1.2") {
+            "1.2" => TlsVersion::V1_2,
+            "1.3" => TlsVersion::V1_3,
+            other => {
+                self.problem(
+                    &format!("{key}.min_version"),
+                    format!("unknown TLS version {other:?}, expected \"1.2\" or \"1.3\""),
+                );
+                TlsVersion::V1_2
+            }
+        };
+        let now = cert::now_secs();
+        let pairs = std::iter::once((&f.cert, &f.key, key.to_string())).chain(
+            f.certs
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (&c.cert, &c.key, format!("{key}.certs[{i}]"))),
+        );
+        let mut certs = Vec::new();
+        for (cert, k, ckey) in pairs {
+            let paths = cert::CertPaths {
+                cert: self.resolve(cert),
+                key: self.resolve(k),
+            };
+            match cert::load(&paths, now) {
+                Ok(loaded) => {
+                    if let Some(w) = cert::expiry_warning(&loaded, now) {
+                        self.warnings.push(format!("{}: {ckey}: {w}", self.file));
+                    }
+                    certs.push(paths);
+                }
+                Err(e) => self.problem(&ckey, e),
+            }
+        }
+        Some(TlsConfig {
+            certs,
+            http2: f.http2.unwrap_or(true),
+            min_version,
+        })
     }
 
     fn limits(&mut self, f: LimitsFile) -> Limits {
@@ -745,12 +800,10 @@ impl Validator {
                     Protocol::Http
                 }
             };
-            if f.tls.is_some() {
-                self.problem(
-                    &format!("{key}.tls"),
-                    "TLS termination is not supported yet: terminate TLS in front of drawbridge",
-                );
-            }
+            let tls = f
+                .tls
+                .as_ref()
+                .and_then(|t| self.tls(t, protocol, &format!("{key}.tls")));
             let backend = match (&f.backend, protocol) {
                 (Some(b), Protocol::Tcp) => match backends.iter().position(|n| n == b) {
                     Some(i) => Some(i),
@@ -795,6 +848,7 @@ impl Validator {
                 backend,
                 tcp_maintenance: tm.is_some_and(|m| m.enabled),
                 tcp_allow,
+                tls,
             });
         }
         out

@@ -103,6 +103,24 @@ pub struct Listener {
     /// For tcp listeners: initial maintenance and allow list.
     pub tcp_maintenance: bool,
     pub tcp_allow: Vec<IpNet>,
+    /// For http listeners: TLS termination.
+    pub tls: Option<TlsConfig>,
+}
+
+/// A TLS listener's settings (CONTRACT section 9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The default certificate first, then those chosen by SNI.
+    pub certs: Vec<super::cert::CertPaths>,
+    /// Offer HTTP/2 by ALPN.
+    pub http2: bool,
+    pub min_version: TlsVersion,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
 }
 
 /// The maintenance settings an operator can change at runtime. The config
@@ -192,6 +210,9 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     pub limits: Limits,
     pub listeners: Vec<Listener>,
+    /// What `check` warns about without refusing (certificates expiring
+    /// soon).
+    pub warnings: Vec<String>,
     pub sites: Vec<Site>,
     pub backends: Vec<Backend>,
 }

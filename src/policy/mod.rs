@@ -12,4 +12,5 @@ pub mod limits;
 pub mod pages;
 pub mod route;
 pub mod select;
+pub mod sni;
 pub mod sticky;

@@ -111,6 +111,8 @@ pub struct Ctx {
     tried: SmallVec<[usize; 4]>,
     peer_calls: usize,
     answer: Answer,
+    /// The request came over TLS.
+    tls: bool,
 }
 
 impl Ctx {
@@ -228,6 +230,7 @@ impl ProxyHttp for Proxy {
             tried: SmallVec::new(),
             peer_calls: 0,
             answer: Answer::Upstream,
+            tls: false,
         })
     }
 
@@ -241,11 +244,17 @@ impl ProxyHttp for Proxy {
         let req = session.req_header();
         // Host is looked up only when routing needs it.
         let host = rt.router.reads_host().then(|| {
-            req.headers.get(HOST).map(|h| h.as_bytes()).or_else(|| {
-                // Pingora keeps an absolute-form target whole: its
-                // authority names the host, as Pingora's Host upstream will.
-                crate::policy::route::target_authority(req.raw_path())
-            })
+            req.headers
+                .get(HOST)
+                .map(|h| h.as_bytes())
+                // HTTP/2's :authority.
+                .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
+                .or_else(|| {
+                    // Pingora keeps an HTTP/1 absolute-form target whole:
+                    // its authority names the host, as Pingora's Host
+                    // upstream will.
+                    crate::policy::route::target_authority(req.raw_path())
+                })
         });
         let Some(site_idx) = rt.router.route(host.flatten()) else {
             ctx.answer = Answer::NoSite;
@@ -263,6 +272,7 @@ impl ProxyHttp for Proxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let peer = last_hop.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.client = if rt.config.trusted_proxies.is_empty() {
             peer
         } else {

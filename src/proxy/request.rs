@@ -65,6 +65,12 @@ pub fn forwarded_headers(
     ours: OurCookies,
 ) {
     let site = &rt.config.sites[ctx.site];
+    // HTTP/2 names the host in :authority, which Pingora turns into Host
+    // only upstream.
+    let authority = req
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     let sticky_name = rt.config.backends[ctx.backend]
         .sticky
         .as_ref()
@@ -85,8 +91,9 @@ pub fn forwarded_headers(
         }
         headers::single_content_length(h);
         headers::append_forwarded_for(h, peer);
-        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        if let Some(host) = h.get(HOST).cloned() {
+        let proto = if ctx.tls { "https" } else { "http" };
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        if let Some(host) = h.get(HOST).cloned().or(authority) {
             h.insert(X_FORWARDED_HOST, host);
         }
     });

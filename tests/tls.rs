@@ -1,0 +1,154 @@
+//! TLS termination (CONTRACT section 9) against the real binary and curl:
+//! the certificate chosen by SNI, HTTP/2 by ALPN, X-Forwarded-Proto, the
+//! sticky cookie and the maintenance gate over HTTP/2, and `check`
+//! refusing bad certificates.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+
+fn tls_yaml(a: &str, b: &str, extra: &str) -> String {
+    format!(
+        r#"listeners:
+  - {{ name: web, listen: "{{web}}" }}
+  - name: websecure
+    listen: "{{tcp}}"
+    tls:
+      cert: {FIXTURES}/default.pem
+      key: {FIXTURES}/default.key
+      certs:
+        - {{ cert: {FIXTURES}/shop.pem, key: {FIXTURES}/shop.key }}
+{extra}sites:
+  - name: app
+    backend: app
+{}"#,
+        app_backend_yaml(a, b, "")
+    )
+}
+
+/// curl against the TLS listener as `host` (resolved to it, so SNI names
+/// it); returns (status line and headers with curl's notes, body).
+fn curl(d: &Drawbridge, host: &str, args: &[&str]) -> (String, String) {
+    let port = port_of(&d.tcp);
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-v", "--max-time", "10"])
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .args(args)
+        .arg(format!("https://{host}:{port}/headers"));
+    let o = run_bounded(cmd);
+    (err(&o), out(&o))
+}
+
+fn subject(verbose: &str) -> String {
+    verbose
+        .lines()
+        .find_map(|l| l.split_once("subject: ").map(|(_, s)| s.trim().to_string()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_certificate_follows_sni_and_h2_is_offered() {
+    let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
+    let d = Drawbridge::start(&tls_yaml(&a.addr, &b.addr, ""));
+    let shop = format!("{FIXTURES}/shop.pem");
+    let default = format!("{FIXTURES}/default.pem");
+    // An exact name, a wildcard name, and a name no certificate carries.
+    let (v, body) = curl(&d, "shop.test", &["--cacert", &shop]);
+    assert_eq!(subject(&v), "CN=shop.test", "{v}");
+    assert!(v.contains("< HTTP/2 200"), "h2 by ALPN: {v}");
+    assert!(body.contains("x-forwarded-proto: https"), "{body}");
+    assert!(body.contains("x-forwarded-host: shop.test"), "{body}");
+    let (v, _) = curl(&d, "www.shop.test", &["--cacert", &shop]);
+    assert_eq!(subject(&v), "CN=shop.test", "{v}");
+    let (v, _) = curl(&d, "other.test", &["-k"]);
+    assert_eq!(subject(&v), "CN=default.test", "no match: the default");
+    let (v, body) = curl(&d, "default.test", &["--cacert", &default, "--http1.1"]);
+    assert!(v.contains("< HTTP/1.1 200"), "{v}");
+    assert!(body.contains("x-forwarded-proto: https"), "{body}");
+    // The plain listener says http.
+    let plain = d.get("/headers");
+    assert!(plain.text().contains("x-forwarded-proto: http\n"));
+    // Handshakes are counted.
+    assert_eq!(
+        d.metric("drawbridge_tls_handshakes_total{listener=\"websecure\",result=\"ok\"}"),
+        4.0
+    );
+    assert!(d.metric("drawbridge_certificate_expiry_timestamp_seconds{listener=\"websecure\",name=\"*.shop.test\"}") > 0.0);
+}
+
+#[test]
+fn stickiness_and_maintenance_over_h2() {
+    let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
+    let d = Drawbridge::start(&tls_yaml(&a.addr, &b.addr, ""));
+    let jar = d.dir.path().join("jar");
+    let jar = jar.to_str().unwrap_or("jar");
+    let port = port_of(&d.tcp);
+    let get = |args: &[&str]| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-k", "--http2", "--max-time", "10"])
+            .args(args)
+            .arg(format!("https://127.0.0.1:{port}/"));
+        out(&run_bounded(cmd))
+    };
+    let first = get(&["-c", jar, "-b", jar]);
+    for _ in 0..4 {
+        assert_eq!(
+            get(&["-c", jar, "-b", jar]),
+            first,
+            "the cookie keeps its server"
+        );
+    }
+    let (x, y) = (get(&[]), get(&[]));
+    assert_ne!(x, y, "new clients are balanced");
+    let on = d.api(
+        "PUT",
+        "/api/v1/sites/app/maintenance",
+        Some(r#"{"enabled":true,"message":"Back soon"}"#),
+    );
+    assert_eq!(on.status, 200);
+    let page = get(&["-i"]);
+    assert!(page.starts_with("HTTP/2 503"), "{page}");
+    assert!(
+        page.to_ascii_lowercase().contains("retry-after: 600"),
+        "{page}"
+    );
+    assert!(page.contains("Back soon"), "{page}");
+    let json = get(&["-H", "Accept: application/json"]);
+    assert!(json.contains("\"error\":\"maintenance\""), "{json}");
+    let token = json_of(&d.api("POST", "/api/v1/sites/app/bypass-tokens", Some("{}")));
+    let cookie = token["cookie"].as_str().unwrap_or_default().to_string();
+    let through = get(&["-i", "-b", &cookie]);
+    assert!(through.starts_with("HTTP/2 200"), "{through}");
+}
+
+fn json_of(r: &drawbridge::httpc::Response) -> serde_json::Value {
+    json(r)
+}
+
+#[test]
+fn check_refuses_bad_certificates() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cases = [
+        ("nothere.pem", "default.key", "cannot read"),
+        ("default.pem", "shop.key", "does not match"),
+        ("default.key", "default.key", "no certificate"),
+    ];
+    for (cert, key, words) in cases {
+        let yaml = format!(
+            "listeners:\n  - name: websecure\n    listen: 127.0.0.1:1\n    tls: {{ cert: {FIXTURES}/{cert}, key: {FIXTURES}/{key} }}\n\
+             sites:\n  - {{ name: app, backend: app }}\n\
+             backends:\n  - name: app\n    servers:\n      - {{ name: a, addr: 127.0.0.1:2 }}\n"
+        );
+        let path = dir.path().join("drawbridge.yaml");
+        std::fs::write(&path, yaml).expect("config");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_drawbridge"));
+        cmd.args(["check", "-c"]).arg(&path);
+        let o = run_bounded(cmd);
+        assert_eq!(o.status.code(), Some(1), "{cert}/{key}: {}", err(&o));
+        let e = err(&o);
+        assert!(e.contains("listeners[0].tls") && e.contains(words), "{e}");
+    }
+}
