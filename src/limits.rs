@@ -504,9 +504,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         self.app.process_new(Box::new(limited), shutdown).await
     }
 
-    async fn cleanup(&self) {
-        self.app.cleanup().await
-    }
+    /// Nothing: Pingora's HTTP cleanup would close every idle keep-alive
+    /// connection at once when a graceful shutdown or handover begins, and
+    /// a request its client sends at that instant would be cut unanswered.
+    /// Left alone, each next request is answered with `Connection: close`
+    /// during the grace period, and connections still idle are closed when
+    /// the process exits.
+    async fn cleanup(&self) {}
 }
 
 /// The TLS handshake of an admitted connection, within `deadline`.

@@ -9,7 +9,7 @@ use crate::config::{check, compile_paths, AdminState, Config, MaintenanceSetting
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::policy::bypass;
-use crate::policy::pages::{render_error, MaintenancePage};
+use crate::policy::pages::{render_error, MaintenancePage, ERROR_STATUSES};
 use crate::policy::route::Router;
 use crate::policy::select::{mix, up_bit, Candidate, ReadyTier};
 use arc_swap::ArcSwap;
@@ -144,7 +144,8 @@ pub struct Runtime {
     pub rr: Vec<AtomicU64>,
     /// Bypass-token key per site.
     pub keys: Vec<bypass::Key>,
-    pub error_pages: Vec<Bytes>,
+    /// Per site, the error page for each of `pages::ERROR_STATUSES`.
+    pub error_pages: Vec<[Bytes; 3]>,
     pub router: Router,
     pub metrics: Metrics,
     /// Client connection counts and limits.
@@ -298,7 +299,10 @@ impl Runtime {
             error_pages: config
                 .sites
                 .iter()
-                .map(|s| render_error(&String::from_utf8_lossy(&s.error_page), &s.name))
+                .map(|s| {
+                    let template = String::from_utf8_lossy(&s.error_page);
+                    ERROR_STATUSES.map(|status| render_error(&template, &s.name, status))
+                })
                 .collect(),
             router: Router::new(&config.sites),
             metrics,

@@ -50,9 +50,23 @@ impl MaintenancePage {
 pub const HTML: &str = "text/html; charset=utf-8";
 pub const JSON: &str = "application/json";
 
-/// Render the error page for a site.
-pub fn render_error(template: &str, site: &str) -> Bytes {
-    Bytes::from(template.replace("{{site}}", &html_escape(site)))
+/// The statuses the error page is served with.
+pub const ERROR_STATUSES: [u16; 3] = [502, 503, 504];
+
+/// Render the error page for a site and one of [`ERROR_STATUSES`]
+/// (`{{status}}`: e.g. "503 · Service unavailable").
+pub fn render_error(template: &str, site: &str, status: u16) -> Bytes {
+    let reason = match status {
+        502 => "Bad gateway",
+        503 => "Service unavailable",
+        504 => "Gateway timeout",
+        _ => "Error",
+    };
+    Bytes::from(
+        template
+            .replace("{{site}}", &html_escape(site))
+            .replace("{{status}}", &format!("{status} &middot; {reason}")),
+    )
 }
 
 pub fn html_escape(s: &str) -> String {
@@ -134,6 +148,19 @@ pub fn head(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_pages_name_their_status() {
+        let t = "{{site}}: HTTP {{status}}";
+        assert_eq!(
+            &render_error(t, "a<b", 504)[..],
+            b"a&lt;b: HTTP 504 &middot; Gateway timeout"
+        );
+        assert_eq!(
+            &render_error(t, "app", 502)[..],
+            b"app: HTTP 502 &middot; Bad gateway"
+        );
+    }
 
     #[test]
     fn accept_negotiation() {

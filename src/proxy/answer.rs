@@ -80,7 +80,11 @@ pub async fn error_page(
 ) -> Result<()> {
     ctx.answer = Answer::ErrorPage;
     rt.metrics.sites[ctx.site].error_page.inc();
-    let body = rt.error_pages[ctx.site].clone();
+    let pages = &rt.error_pages[ctx.site];
+    let body = pages::ERROR_STATUSES
+        .iter()
+        .position(|s| *s == status)
+        .map_or_else(|| pages[1].clone(), |i| pages[i].clone());
     respond(session, status, pages::HTML, body).await
 }
 

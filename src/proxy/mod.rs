@@ -348,16 +348,16 @@ impl ProxyHttp for Proxy {
         Ok(Box::new(peer))
     }
 
-    /// Pingora's retry decision (not for a request that is not idempotent
-    /// or whose body was not kept; only on a reused connection), except
-    /// that a read timeout is never retried: the server may be working on
-    /// the request.
+    /// Whether a failed request goes to another server: never one that is
+    /// not idempotent, whose body was not kept, or that timed out reading
+    /// (the server may be working on it); an idempotent one when nothing of
+    /// the response was read yet.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        _ctx: &mut Box<Ctx>,
+        ctx: &mut Box<Ctx>,
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
@@ -366,6 +366,13 @@ impl ProxyHttp for Proxy {
             || session.as_ref().retry_buffer_truncated()
         {
             e.set_retry(false);
+        } else if matches!(e.retry, pingora_error::RetryType::ReusedOnly) {
+            // Pingora marks an error this way only before any of the
+            // response was read: an idempotent request may go to another
+            // server even from a fresh connection (a server that died
+            // after accepting it), within the backend's retries.
+            let retries = self.rt.config.backends[ctx.backend].retries;
+            e.set_retry(ctx.peer_calls <= retries);
         } else {
             e.retry.decide_reuse(client_reused);
         }
