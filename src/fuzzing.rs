@@ -476,7 +476,8 @@ admin: {{ listen: 127.0.0.1:9090, token_file: token }}
             );
             let config = fixture_config(&yaml, &dir);
             let rt = Arc::new(
-                Runtime::new(config).unwrap_or_else(|e| panic!("admin fixture: runtime: {e}")),
+                Runtime::new(config, 1024)
+                    .unwrap_or_else(|e| panic!("admin fixture: runtime: {e}")),
             );
             let exec = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -538,7 +539,7 @@ pub fn state_file(data: &[u8]) {
                 "the error does not name the file: {e}"
             );
             assert!(
-                Runtime::new(config.clone()).is_err(),
+                Runtime::new(config.clone(), 1024).is_err(),
                 "initial_state refused the file and Runtime::new took it"
             );
             return;
@@ -576,7 +577,7 @@ pub fn state_file(data: &[u8]) {
     }
     assert_eq!(secret, file.bypass_secret, "the bypass secret");
 
-    let rt = Runtime::new(config.clone())
+    let rt = Runtime::new(config.clone(), 1024)
         .unwrap_or_else(|e| panic!("initial_state took the file and Runtime::new refused: {e}"));
     drop(rt);
     let (again, secret_again) = state::initial_state(config)
