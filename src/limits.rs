@@ -372,24 +372,23 @@ impl<A> Guarded<A> {
     /// in the config. Fails when a TLS listener's certificates do not load.
     pub fn new(
         app: Arc<A>,
-        limiter: Arc<Limiter>,
+        rt: &crate::state::Runtime,
         listeners: &[(usize, &crate::config::Listener)],
-        metrics: &crate::metrics::Metrics,
     ) -> Result<Guarded<A>, String> {
+        let (limiter, metrics) = (rt.limiter.clone(), &rt.metrics);
         let mut figures = Vec::new();
         for &(index, l) in listeners {
             let name = l.name.as_str();
             let rejected = |reason: &str| metrics.rejected.with_label_values(&[name, reason]);
-            let tls = match &l.tls {
-                None => None,
-                Some(t) => {
-                    let tls =
-                        crate::tls::Tls::new(t).map_err(|e| format!("listener {name}: {e}"))?;
-                    crate::tls::publish_expiry(name, &tls.certs.load(), metrics);
+            let tls = match (&l.tls, rt.certs.get(index).and_then(Option::as_ref)) {
+                (Some(t), Some(certs)) => {
+                    let tls = crate::tls::Tls::new(t, certs.clone())
+                        .map_err(|e| format!("listener {name}: {e}"))?;
                     let handshakes =
                         |result: &str| metrics.tls_handshakes.with_label_values(&[name, result]);
                     Some((tls, [handshakes("ok"), handshakes("error")]))
                 }
+                _ => None,
             };
             figures.push(ListenerFigures {
                 name: name.to_string(),

@@ -135,14 +135,13 @@ pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
         .filter(|(_, l)| l.protocol == Protocol::Http)
         .collect();
     let app = pingora_proxy::http_proxy(&server.configuration, Proxy::new(rt.clone()));
-    let guarded =
-        match crate::limits::Guarded::new(Arc::new(app), rt.limiter.clone(), &http, &rt.metrics) {
-            Ok(g) => g,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return 1;
-            }
-        };
+    let guarded = match crate::limits::Guarded::new(Arc::new(app), &rt, &http) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
     let mut proxy = Service::new("drawbridge proxy".to_string(), guarded);
     for l in listeners.iter().filter(|l| l.protocol == Protocol::Http) {
         proxy.add_listener(ListenerConfig::tcp(l.listen.clone()).l4_buffer(listener_buffers()));

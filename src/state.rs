@@ -12,6 +12,7 @@ use crate::policy::bypass;
 use crate::policy::pages::{render_error, MaintenancePage, ERROR_STATUSES};
 use crate::policy::route::Router;
 use crate::policy::select::{mix, up_bit, Candidate, ReadyTier};
+use crate::tls::{CertSet, CertStore};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use regex::RegexSet;
@@ -150,6 +151,8 @@ pub struct Runtime {
     pub metrics: Metrics,
     /// Client connection counts and limits.
     pub limiter: Arc<Limiter>,
+    /// Per listener: its certificates, if it terminates TLS.
+    pub certs: Vec<Option<CertStore>>,
     /// Serialises admin changes and state-file writes; holds the generated
     /// bypass secret so each write keeps it.
     writer: Mutex<Option<String>>,
@@ -289,8 +292,23 @@ impl Runtime {
             })
             .collect();
         let limiter = Arc::new(Limiter::new(&config, nofile));
+        let certs = config
+            .listeners
+            .iter()
+            .map(|l| {
+                l.tls
+                    .as_ref()
+                    .map(|t| {
+                        CertSet::load(t)
+                            .map(|set| Arc::new(ArcSwap::from_pointee(set)))
+                            .map_err(|e| format!("listener {}: {e}", l.name))
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let rt = Runtime {
             limiter,
+            certs,
             id: NEXT_RUNTIME.fetch_add(1, Relaxed),
             generation: AtomicU64::new(0),
             up_mask,
@@ -313,6 +331,7 @@ impl Runtime {
         };
         rt.publish_metrics(&rt.snapshot.load());
         rt.publish_limits();
+        rt.publish_certificates();
         for servers in &rt.metrics.servers {
             for m in servers {
                 m.up.set(1);
@@ -398,6 +417,49 @@ impl Runtime {
             }
         }
         self.metrics.render()
+    }
+
+    /// Every TLS listener's certificates, as the API lists them.
+    pub fn certificates(&self) -> Vec<serde_json::Value> {
+        self.config
+            .listeners
+            .iter()
+            .zip(&self.certs)
+            .filter_map(|(l, c)| c.as_ref().map(|c| crate::tls::describe(&l.name, &c.load())))
+            .flatten()
+            .collect()
+    }
+
+    /// Re-read every certificate of every TLS listener; when all load, swap
+    /// them in for the next handshakes (open connections keep theirs),
+    /// else change nothing and say which failed.
+    pub fn reload_certificates(&self) -> Result<(), StateError> {
+        let mut loaded = Vec::new();
+        for (l, store) in self.config.listeners.iter().zip(&self.certs) {
+            let (Some(tls), Some(store)) = (&l.tls, store) else {
+                continue;
+            };
+            let set = CertSet::load(tls)
+                .map_err(|e| StateError::Invalid(format!("listener {}: {e}", l.name)))?;
+            loaded.push((store, set));
+        }
+        for (store, set) in loaded {
+            store.store(Arc::new(set));
+        }
+        self.publish_certificates();
+        log::warn!("admin: certificates reloaded");
+        Ok(())
+    }
+
+    /// Each certificate's expiry gauge, for the names the current sets
+    /// carry (names gone with a reload lose their series).
+    fn publish_certificates(&self) {
+        self.metrics.cert_expiry.reset();
+        for (l, store) in self.config.listeners.iter().zip(&self.certs) {
+            if let Some(store) = store {
+                crate::tls::publish_expiry(&l.name, &store.load(), &self.metrics);
+            }
+        }
     }
 
     /// The limits in force, as gauges (seconds for the timeouts).

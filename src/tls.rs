@@ -60,9 +60,12 @@ pub struct Tls {
     pub certs: Arc<ArcSwap<CertSet>>,
 }
 
+/// A listener's certificates, swapped whole by a reload.
+pub type CertStore = Arc<ArcSwap<CertSet>>;
+
 impl Tls {
-    pub fn new(tls: &TlsConfig) -> Result<Tls, String> {
-        let certs = Arc::new(ArcSwap::from_pointee(CertSet::load(tls)?));
+    /// The acceptor of a listener whose certificates are `certs`.
+    pub fn new(tls: &TlsConfig, certs: CertStore) -> Result<Tls, String> {
         let versions: &[&'static rustls::SupportedProtocolVersion] = match tls.min_version {
             TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
             TlsVersion::V1_3 => &[&rustls::version::TLS13],
@@ -83,6 +86,24 @@ impl Tls {
             certs,
         })
     }
+}
+
+/// The certificates of a listener as the API lists them.
+pub fn describe(listener: &str, set: &CertSet) -> Vec<serde_json::Value> {
+    set.certs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            serde_json::json!({
+                "listener": listener,
+                "cert": c.paths.cert.display().to_string(),
+                "key": c.paths.key.display().to_string(),
+                "default": i == 0,
+                "names": c.names,
+                "not_after": cert::date(c.not_after),
+            })
+        })
+        .collect()
 }
 
 /// Each certificate's expiry, by the DNS names it carries.

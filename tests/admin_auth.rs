@@ -44,6 +44,8 @@ struct Route {
 #[rustfmt::skip]
 const ROUTES: &[Route] = &[
     Route { method: "GET", pattern: "/api/v1/status", path: "/api/v1/status", body: None, attack: None, status: 200 },
+    Route { method: "GET", pattern: "/api/v1/certificates", path: "/api/v1/certificates", body: None, attack: None, status: 200 },
+    Route { method: "POST", pattern: "/api/v1/certificates/reload", path: "/api/v1/certificates/reload", body: None, attack: None, status: 200 },
     Route { method: "PUT", pattern: "/api/v1/maintenance", path: "/api/v1/maintenance", body: Some(r#"{"enabled":false}"#), attack: Some(r#"{"enabled":true}"#), status: 200 },
     Route { method: "GET", pattern: "/api/v1/sites/{site}", path: "/api/v1/sites/app", body: None, attack: None, status: 200 },
     Route { method: "PUT", pattern: "/api/v1/sites/{site}/maintenance", path: "/api/v1/sites/app/maintenance", body: Some(r#"{"enabled":false,"message":"ok"}"#), attack: Some(r#"{"enabled":true,"message":"pwned"}"#), status: 200 },

@@ -152,3 +152,89 @@ fn check_refuses_bad_certificates() {
         assert!(e.contains("listeners[0].tls") && e.contains(words), "{e}");
     }
 }
+
+/// A kept-alive TLS connection made before a reload, from Python's ssl
+/// module: one request, then another on the same connection when told to
+/// (a line on stdin); prints each answer's status line.
+const KEEP_ALIVE_CLIENT: &str = r#"
+import socket, ssl, sys
+port = int(sys.argv[1])
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="other.test")
+f = s.makefile("rb")
+def ask():
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: other.test\r\n\r\n")
+    status = f.readline().decode().strip()
+    length = 0
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            break
+        k, _, v = line.decode().partition(":")
+        if k.lower() == "content-length":
+            length = int(v)
+    f.read(length)
+    print(status, flush=True)
+ask()
+sys.stdin.readline()
+ask()
+"#;
+
+#[test]
+fn certificates_reload_for_new_handshakes_only_and_a_bad_file_changes_nothing() {
+    let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
+    // The default certificate from files of its own, relative to the
+    // config, put in place before the start.
+    let yaml = tls_yaml(&a.addr, &b.addr, "")
+        .replace(&format!("{FIXTURES}/default.pem"), "live.pem")
+        .replace(&format!("{FIXTURES}/default.key"), "live.key");
+    let d = Drawbridge::prepare(&yaml, &[]);
+    let live = |name: &str| d.dir.path().join(name);
+    std::fs::copy(format!("{FIXTURES}/default.pem"), live("live.pem")).expect("copy");
+    std::fs::copy(format!("{FIXTURES}/default.key"), live("live.key")).expect("copy");
+    let d = d.launch();
+    let live = |name: &str| d.dir.path().join(name);
+    let (v, _) = curl(&d, "other.test", &["-k"]);
+    assert_eq!(subject(&v), "CN=default.test");
+
+    let mut client = Command::new("python3");
+    client
+        .args(["-c", KEEP_ALIVE_CLIENT, &port_of(&d.tcp).to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut client = client.spawn().expect("python3");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        client.stdout.take().expect("stdout"),
+    ));
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(first, "HTTP/1.1 200 OK");
+
+    // A bad file: 400 naming it, and the next handshake is as before.
+    std::fs::write(live("live.pem"), "not a certificate").expect("write");
+    let bad = d.api("POST", "/api/v1/certificates/reload", None);
+    assert_eq!(bad.status, 400);
+    assert!(bad.text().contains("live.pem"), "{}", bad.text());
+    let (v, _) = curl(&d, "other.test", &["-k"]);
+    assert_eq!(subject(&v), "CN=default.test", "nothing changed");
+
+    // The shop certificate as the default: the next handshake gets it.
+    std::fs::copy(format!("{FIXTURES}/shop.pem"), live("live.pem")).expect("copy");
+    std::fs::copy(format!("{FIXTURES}/shop.key"), live("live.key")).expect("copy");
+    let ok = d.ctl(&["certs", "reload"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", err(&ok));
+    assert!(out(&ok).contains("shop.test"), "{}", out(&ok));
+    let (v, _) = curl(&d, "other.test", &["-k"]);
+    assert_eq!(subject(&v), "CN=shop.test", "the next handshake");
+    let listed = json(&d.api("GET", "/api/v1/certificates", None));
+    assert_eq!(listed["certificates"][0]["names"][0], "shop.test");
+
+    // The connection opened before the reloads still works.
+    if let Some(stdin) = client.stdin.as_mut() {
+        std::io::Write::write_all(stdin, b"go\n").expect("stdin");
+    }
+    let second = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(second, "HTTP/1.1 200 OK", "the open connection");
+    let _ = client.wait();
+}

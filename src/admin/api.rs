@@ -26,6 +26,15 @@ pub async fn route(
     let m = method.clone();
     match parts.as_slice() {
         ["api", "v1", "status"] => only(&m, &[Method::GET]).map(|_| (200, status(rt))),
+        ["api", "v1", "certificates"] => {
+            only(&m, &[Method::GET])?;
+            Ok((200, json!({ "certificates": rt.certificates() })))
+        }
+        ["api", "v1", "certificates", "reload"] => {
+            only(&m, &[Method::POST])?;
+            rt.reload_certificates()?;
+            Ok((200, json!({ "certificates": rt.certificates() })))
+        }
         ["api", "v1", "maintenance"] => {
             only(&m, &[Method::PUT])?;
             maintenance_all(rt, parse(body)?)

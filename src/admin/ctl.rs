@@ -64,6 +64,11 @@ pub enum CtlCommand {
         #[arg(long, default_value = "8h")]
         ttl: String,
     },
+    /// List the TLS listeners' certificates, or `reload` them from their files
+    Certs {
+        #[arg(value_parser = ["reload"])]
+        action: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,6 +182,10 @@ fn execute(c: &Client, args: &CtlArgs) -> Result<i32, String> {
             )
         }
         CtlCommand::Status => ("GET", "/api/v1/status".to_string(), None),
+        CtlCommand::Certs { action: None } => ("GET", "/api/v1/certificates".to_string(), None),
+        CtlCommand::Certs { action: Some(_) } => {
+            ("POST", "/api/v1/certificates/reload".to_string(), None)
+        }
         CtlCommand::Maintenance {
             action:
                 MaintenanceAction::On {
@@ -264,6 +273,22 @@ fn execute(c: &Client, args: &CtlArgs) -> Result<i32, String> {
                 "  curl -b '{}' http://your-site/",
                 v["cookie"].as_str().unwrap_or("")
             );
+        }
+        CtlCommand::Certs { .. } => {
+            for c in v["certificates"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<12} {:<40} {:<28} until {}{}",
+                    c["listener"].as_str().unwrap_or("?"),
+                    c["cert"].as_str().unwrap_or("?"),
+                    strings(&c["names"]).join(","),
+                    c["not_after"].as_str().unwrap_or("?"),
+                    if c["default"].as_bool() == Some(true) {
+                        " (default)"
+                    } else {
+                        ""
+                    }
+                );
+            }
         }
         CtlCommand::WaitDrained { .. } => {}
     }
