@@ -633,8 +633,9 @@ impl StateFixture {
 /// Input: YAML text, parsed as `drawbridge.yaml` in a temporary folder
 /// that holds the files `page.html`, `error.html` and `token`. Inputs that
 /// are not UTF-8, that have a mapping key which is not a plain string, or
-/// that name a file (`page`, `error_page`, `token_file`) other than a plain
-/// name in that folder are skipped: reading a file such as `/dev/zero`
+/// that name a file (`page`, `error_page`, `token_file`, and a TLS `cert`
+/// or `key`, which the loader reads where TLS is supported) other than a
+/// plain name in that folder are skipped: reading a file such as `/dev/zero`
 /// would stall the fuzzer, not find a fault of the loader.
 ///
 /// Properties: [`config::parse`] never panics; each problem it reports
@@ -804,7 +805,12 @@ fn safe_file_references(v: &serde_yaml::Value) -> bool {
         Value::Sequence(items) => items.iter().all(safe_file_references),
         Value::Tagged(t) => safe_file_references(&t.value),
         Value::Mapping(m) => m.iter().all(|(k, v)| match k {
-            Value::String(k) if matches!(k.as_str(), "page" | "error_page" | "token_file") => {
+            Value::String(k)
+                if matches!(
+                    k.as_str(),
+                    "page" | "error_page" | "token_file" | "cert" | "key"
+                ) =>
+            {
                 match v {
                     Value::Null => true,
                     Value::String(name) => {
