@@ -238,3 +238,73 @@ fn certificates_reload_for_new_handshakes_only_and_a_bad_file_changes_nothing() 
     assert_eq!(second, "HTTP/1.1 200 OK", "the open connection");
     let _ = client.wait();
 }
+
+/// `force_https` sends plain requests to https:// with path and query;
+/// `hsts` goes on answers over TLS only (proxied, maintenance and error
+/// pages); the sticky cookie is Secure over TLS only (`secure: auto`).
+#[test]
+fn force_https_hsts_and_secure_cookies() {
+    let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
+    let yaml = tls_yaml(&a.addr, &b.addr, "").replace(
+        "    backend: app\n",
+        "    backend: app\n    force_https: true\n    https_port: 8443\n    hsts: \"max-age=31536000\"\n",
+    );
+    let d = Drawbridge::start(&yaml);
+    let plain = d.send(
+        drawbridge::httpc::Request::new("GET", "/cart?item=7&q=a%20b")
+            .header("Host", "shop.test:8080"),
+    );
+    assert_eq!(plain.status, 308);
+    assert_eq!(
+        plain.header("location"),
+        Some("https://shop.test:8443/cart?item=7&q=a%20b")
+    );
+    assert_eq!(plain.header("strict-transport-security"), None);
+    assert!(
+        plain.header("set-cookie").is_none(),
+        "no cookie on a redirect"
+    );
+
+    let (v, _) = curl(&d, "shop.test", &["-k", "--http1.1"]);
+    assert!(v.contains("< HTTP/1.1 200"), "{v}");
+    assert!(
+        v.contains("< strict-transport-security: max-age=31536000"),
+        "{v}"
+    );
+    let cookie = v
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("< set-cookie: serverid=")
+        })
+        .unwrap_or_default();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+
+    // The maintenance page over TLS carries HSTS too.
+    d.api(
+        "PUT",
+        "/api/v1/sites/app/maintenance",
+        Some(r#"{"enabled":true}"#),
+    );
+    let (v, _) = curl(&d, "shop.test", &["-k"]);
+    assert!(v.contains("< HTTP/2 503"), "{v}");
+    assert!(
+        v.contains("< strict-transport-security: max-age=31536000"),
+        "{v}"
+    );
+}
+
+/// Without `force_https`, a plain request is served, and its sticky cookie
+/// is not Secure (`secure: auto`).
+#[test]
+fn plain_requests_get_a_cookie_without_secure() {
+    let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
+    let d = Drawbridge::start(&tls_yaml(&a.addr, &b.addr, ""));
+    let r = d.get("/");
+    assert_eq!(r.status, 200);
+    let cookie = r.header("set-cookie").unwrap_or_default();
+    assert!(
+        cookie.starts_with("SERVERID=") && !cookie.contains("Secure"),
+        "{cookie}"
+    );
+}

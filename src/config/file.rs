@@ -103,6 +103,20 @@ pub struct SiteFile {
     pub error_page: Option<String>,
     #[serde(default)]
     pub maintenance: MaintenanceFile,
+    #[serde(default)]
+    pub force_https: bool,
+    #[serde(default)]
+    pub https_port: Option<u16>,
+    #[serde(default)]
+    pub hsts: Option<String>,
+}
+
+/// `secure: true | false | auto`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SecureFile {
+    Bool(bool),
+    Word(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,7 +126,7 @@ pub struct StickyFile {
     #[serde(default)]
     pub http_only: Option<bool>,
     #[serde(default)]
-    pub secure: Option<bool>,
+    pub secure: Option<SecureFile>,
     #[serde(default)]
     pub same_site: Option<String>,
     #[serde(default)]

@@ -594,7 +594,7 @@ impl Validator {
                 "lax" => Some("Lax".into()),
                 "strict" => Some("Strict".into()),
                 "none" => {
-                    if s.secure != Some(true) {
+                    if !matches!(s.secure, Some(SecureFile::Bool(true))) {
                         self.problem(
                             &format!("{key}.same_site"),
                             "None needs secure: true (browsers reject it otherwise)",
@@ -614,7 +614,19 @@ impl Validator {
         Sticky {
             cookie: s.cookie.clone(),
             http_only: s.http_only.unwrap_or(true),
-            secure: s.secure.unwrap_or(false),
+            secure: match &s.secure {
+                None => Secure::Auto,
+                Some(SecureFile::Bool(true)) => Secure::Always,
+                Some(SecureFile::Bool(false)) => Secure::Never,
+                Some(SecureFile::Word(w)) if w == "auto" => Secure::Auto,
+                Some(SecureFile::Word(w)) => {
+                    self.problem(
+                        &format!("{key}.secure"),
+                        format!("unknown value {w:?}, expected true, false or auto"),
+                    );
+                    Secure::Auto
+                }
+            },
             same_site,
             max_age: s.max_age,
         }
@@ -776,6 +788,13 @@ impl Validator {
                 },
                 bypass_cookie,
                 bypass_secret_env: m.bypass_secret_env.clone(),
+                force_https: f.force_https,
+                https_port: f.https_port.unwrap_or(443),
+                hsts: f.hsts.as_deref().and_then(|h| {
+                    http::HeaderValue::from_str(h)
+                        .map_err(|_| self.problem(&format!("{key}.hsts"), "not a header value"))
+                        .ok()
+                }),
             });
         }
         out

@@ -146,15 +146,30 @@ pub struct Site {
     pub maintenance: MaintenanceSettings,
     pub bypass_cookie: String,
     pub bypass_secret_env: Option<String>,
+    /// A request on a plain listener gets 308 to https://.
+    pub force_https: bool,
+    /// The port in that redirect (left out of the URL when 443).
+    pub https_port: u16,
+    /// `Strict-Transport-Security` sent on answers over TLS.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Sticky {
     pub cookie: String,
     pub http_only: bool,
-    pub secure: bool,
+    pub secure: Secure,
     pub same_site: Option<String>,
     pub max_age: Option<u64>,
+}
+
+/// When the sticky cookie carries `Secure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secure {
+    Always,
+    Never,
+    /// On answers to requests that came over TLS.
+    Auto,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

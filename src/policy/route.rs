@@ -79,6 +79,39 @@ pub fn target_authority(target: &[u8]) -> Option<&[u8]> {
     (!host.is_empty()).then_some(host)
 }
 
+/// Where `force_https` sends a request that came over plain HTTP:
+/// `https://host[:port]/path?query`, the port left out when 443. `None`
+/// when the request names no usable host (it is then served as it is).
+pub fn https_redirect(
+    host: Option<&[u8]>,
+    https_port: u16,
+    path_and_query: &str,
+) -> Option<String> {
+    let host = std::str::from_utf8(trim_port(host?)).ok()?;
+    if host.is_empty()
+        || host
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b == b'/' || b == b'@')
+    {
+        return None;
+    }
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    let port = match https_port {
+        443 => String::new(),
+        p => format!(":{p}"),
+    };
+    let target = if path_and_query.starts_with('/') {
+        path_and_query
+    } else {
+        "/"
+    };
+    Some(format!("https://{host}{port}{target}"))
+}
+
 /// Lower-case host name without port or trailing dot, written into `buf`.
 fn normalise<'a>(host: &[u8], buf: &'a mut [u8; 256]) -> Option<&'a str> {
     let host = trim_port(host);
@@ -112,6 +145,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn https_redirects_keep_host_path_and_query() {
+        let r = |h: &[u8], p: u16, t: &str| https_redirect(Some(h), p, t);
+        assert_eq!(
+            r(b"shop.test:8080", 443, "/a?b=c").as_deref(),
+            Some("https://shop.test/a?b=c")
+        );
+        assert_eq!(
+            r(b"shop.test", 8443, "/").as_deref(),
+            Some("https://shop.test:8443/")
+        );
+        assert_eq!(
+            r(b"[::1]:80", 443, "/x").as_deref(),
+            Some("https://[::1]/x")
+        );
+        assert_eq!(r(b"evil.test/x", 443, "/").as_deref(), None);
+        assert_eq!(r(b"user@evil.test", 443, "/").as_deref(), None);
+        assert_eq!(https_redirect(None, 443, "/"), None);
+        assert_eq!(
+            r(b"shop.test", 443, "*").as_deref(),
+            Some("https://shop.test/")
+        );
+    }
+
+    #[test]
     fn authority_of_absolute_targets() {
         let a = target_authority;
         assert_eq!(a(b"http://app.test/ok"), Some(&b"app.test"[..]));
@@ -139,6 +196,9 @@ mod tests {
                 allow: vec![],
             },
             bypass_cookie: "B".into(),
+            force_https: false,
+            https_port: 443,
+            hsts: None,
             bypass_secret_env: None,
         }
     }

@@ -2,7 +2,7 @@
 //! `Cookie` headers, removing ours before the request goes upstream, and the
 //! `Set-Cookie` value. Pure functions over strings, tested without sockets.
 
-use crate::config::Sticky;
+use crate::config::{Secure, Sticky};
 use smallvec::SmallVec;
 
 /// The `name` and `value` of one `Cookie` piece (already trimmed), or
@@ -124,8 +124,9 @@ pub fn strip(header: &[u8], drop: &[&str]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The `Set-Cookie` value that pins a client to the server with `id`.
-pub fn set_cookie(sticky: &Sticky, id: &str) -> String {
+/// The `Set-Cookie` value that pins a client to the server with `id`;
+/// `tls`: the request came over TLS (for `secure: auto`).
+pub fn set_cookie(sticky: &Sticky, id: &str, tls: bool) -> String {
     let mut v = format!("{}={id}; Path=/", sticky.cookie);
     if let Some(age) = sticky.max_age {
         v.push_str(&format!("; Max-Age={age}"));
@@ -133,7 +134,12 @@ pub fn set_cookie(sticky: &Sticky, id: &str) -> String {
     if sticky.http_only {
         v.push_str("; HttpOnly");
     }
-    if sticky.secure {
+    let secure = match sticky.secure {
+        Secure::Always => true,
+        Secure::Never => false,
+        Secure::Auto => tls,
+    };
+    if secure {
         v.push_str("; Secure");
     }
     if let Some(ss) = &sticky.same_site {
@@ -192,7 +198,7 @@ mod tests {
         Sticky {
             cookie: "SERVERID".into(),
             http_only: true,
-            secure: false,
+            secure: Secure::Auto,
             same_site: Some("Lax".into()),
             max_age: None,
         }
@@ -313,16 +319,23 @@ mod tests {
     fn set_cookie_has_the_configured_attributes() {
         let mut s = sticky();
         assert_eq!(
-            set_cookie(&s, "ab"),
+            set_cookie(&s, "ab", false),
             "SERVERID=ab; Path=/; HttpOnly; SameSite=Lax"
         );
-        s.secure = true;
+        // secure: auto follows the request.
+        assert_eq!(
+            set_cookie(&s, "ab", true),
+            "SERVERID=ab; Path=/; HttpOnly; Secure; SameSite=Lax"
+        );
+        s.secure = Secure::Always;
         s.max_age = Some(3600);
         s.http_only = false;
         assert_eq!(
-            set_cookie(&s, "ab"),
+            set_cookie(&s, "ab", false),
             "SERVERID=ab; Path=/; Max-Age=3600; Secure; SameSite=Lax"
         );
+        s.secure = Secure::Never;
+        assert!(!set_cookie(&s, "ab", true).contains("Secure"));
     }
 
     #[test]

@@ -13,20 +13,20 @@ pub fn account(rt: &Runtime, access_log: bool, session: &Session, e: Option<&Err
         .response_written()
         .map(|r| r.status.as_u16())
         .unwrap_or(0);
-    if ctx.snap.is_none() && ctx.answer != Answer::NoSite {
+    if ctx.snap.is_none() && !matches!(ctx.answer, Answer::NoSite | Answer::Redirect) {
         // The request never reached routing (a malformed request).
         return;
     }
     let elapsed = ctx.start.elapsed();
     let class = crate::metrics::code_class(status);
-    if ctx.answer != Answer::NoSite {
+    if !matches!(ctx.answer, Answer::NoSite | Answer::Redirect) {
         let m = &rt.metrics.sites[ctx.site];
         m.duration.observe(elapsed);
         match (ctx.answer, ctx.server) {
             (Answer::Maintenance, _) => m.maintenance_requests[class].inc(),
             (Answer::ErrorPage, _) | (_, None) => m.error_requests[class].inc(),
             (Answer::Upstream, Some(s)) => m.requests[s][class].inc(),
-            (Answer::NoSite, _) => {}
+            (Answer::NoSite | Answer::Redirect, _) => {}
         }
     }
     if !access_log {
@@ -37,6 +37,7 @@ pub fn account(rt: &Runtime, access_log: bool, session: &Session, e: Option<&Err
     let (b, s) = match (ctx.answer, ctx.server) {
         (Answer::Maintenance, _) => ("", "maintenance"),
         (Answer::NoSite, _) => ("", "-"),
+        (Answer::Redirect, _) => ("", "redirect"),
         (Answer::Upstream, Some(s)) => (backend.name.as_str(), backend.servers[s].name.as_str()),
         _ => ("", "error"),
     };

@@ -85,7 +85,29 @@ pub async fn error_page(
         .iter()
         .position(|s| *s == status)
         .map_or_else(|| pages[1].clone(), |i| pages[i].clone());
-    respond(session, status, pages::HTML, body).await
+    let mut resp = head(status, pages::HTML, body.len(), None)?;
+    add_hsts(rt, ctx, &mut resp)?;
+    send(session, resp, body).await
+}
+
+/// `Strict-Transport-Security` on an answer over TLS, when the site sets
+/// `hsts`.
+fn add_hsts(rt: &Runtime, ctx: &Ctx, resp: &mut ResponseHeader) -> Result<()> {
+    match &rt.config.sites[ctx.site].hsts {
+        Some(hsts) if ctx.tls => {
+            resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `force_https`'s answer: 308 to `location`, which keeps the method and
+/// the body of the request.
+pub async fn redirect(session: &mut Session, location: String) -> Result<()> {
+    let mut resp = head(308, "text/plain; charset=utf-8", 0, None)?;
+    resp.insert_header(http::header::LOCATION, location)?;
+    discard_small_body(session).await;
+    send(session, resp, bytes::Bytes::new()).await
 }
 
 /// The maintenance page, HTML or JSON as the client prefers.
@@ -99,11 +121,12 @@ pub async fn maintenance_page(rt: &Runtime, session: &mut Session, ctx: &mut Ctx
         .headers
         .get(http::header::ACCEPT)
         .map(|a| a.as_bytes());
-    let (head, body) = if pages::prefers_json(accept) {
+    let (mut resp, body) = if pages::prefers_json(accept) {
         (page.json_head.clone(), page.json.clone())
     } else {
         (page.html_head.clone(), page.html.clone())
     };
+    add_hsts(rt, ctx, &mut resp)?;
     discard_small_body(session).await;
-    send(session, head, body).await
+    send(session, resp, body).await
 }

@@ -43,8 +43,9 @@ pub struct Proxy {
     rt: Arc<Runtime>,
     /// Whether access-log lines are written (fixed at start).
     access_log: bool,
-    /// Precomputed `Set-Cookie` values, per backend and server.
-    set_cookies: Vec<Vec<HeaderValue>>,
+    /// Precomputed `Set-Cookie` values, per backend and server: for a
+    /// request over plain HTTP, and over TLS.
+    set_cookies: Vec<Vec<[HeaderValue; 2]>>,
 }
 
 impl Proxy {
@@ -57,20 +58,23 @@ impl Proxy {
                 b.servers
                     .iter()
                     .map(|s| {
-                        // Cookie names and ids are checked tokens: always a
-                        // valid header value.
-                        let v = b
-                            .sticky
-                            .as_ref()
-                            .map(|st| sticky::set_cookie(st, &s.id))
-                            .unwrap_or_default();
-                        // Kept for the life of the process, as the config
-                        // is: a static value is handed to each response
-                        // without touching a shared reference count.
-                        let v: &'static str = Box::leak(v.into_boxed_str());
-                        HeaderValue::from_str(v)
-                            .map(|_| HeaderValue::from_static(v))
-                            .unwrap_or_else(|_| HeaderValue::from_static(""))
+                        [false, true].map(|tls| {
+                            // Cookie names and ids are checked tokens:
+                            // always a valid header value.
+                            let v = b
+                                .sticky
+                                .as_ref()
+                                .map(|st| sticky::set_cookie(st, &s.id, tls))
+                                .unwrap_or_default();
+                            // Kept for the life of the process, as the
+                            // config is: a static value is handed to each
+                            // response without touching a shared
+                            // reference count.
+                            let v: &'static str = Box::leak(v.into_boxed_str());
+                            HeaderValue::from_str(v)
+                                .map(|_| HeaderValue::from_static(v))
+                                .unwrap_or_else(|_| HeaderValue::from_static(""))
+                        })
                     })
                     .collect()
             })
@@ -88,6 +92,8 @@ impl Proxy {
 enum Answer {
     Upstream,
     Maintenance,
+    /// `force_https`'s 308.
+    Redirect,
     ErrorPage,
     NoSite,
 }
@@ -282,6 +288,17 @@ impl ProxyHttp for Proxy {
                 request::header_bytes(req, X_FORWARDED_FOR),
             )
         };
+        if site.force_https && !ctx.tls {
+            let host = req.headers.get(HOST).map(|h| h.as_bytes());
+            let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+            if let Some(location) =
+                crate::policy::route::https_redirect(host, site.https_port, target)
+            {
+                ctx.answer = Answer::Redirect;
+                Box::pin(answer::redirect(session, location)).await?;
+                return Ok(true);
+            }
+        }
         let ours = request::read_cookies(rt, req, ctx);
         let snap = rt.snapshot();
         let st = &snap.sites[site_idx];
@@ -432,11 +449,17 @@ impl ProxyHttp for Proxy {
         resp: &mut ResponseHeader,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
+        let site = &self.rt.config.sites[ctx.site];
+        if ctx.tls {
+            if let Some(hsts) = &site.hsts {
+                resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+            }
+        }
         let Some(s) = ctx.server else { return Ok(()) };
         if self.rt.config.backends[ctx.backend].sticky.is_none() || ctx.cookie_server == Some(s) {
             return Ok(());
         }
-        let set_cookie = self.set_cookies[ctx.backend][s].clone();
+        let set_cookie = self.set_cookies[ctx.backend][s][usize::from(ctx.tls)].clone();
         headers::edit_response(resp, 2, |h| {
             h.append(SET_COOKIE, set_cookie);
             let current = h.get(CACHE_CONTROL).map(|v| v.as_bytes());
