@@ -17,6 +17,7 @@
 mod account;
 pub mod answer;
 pub mod headers;
+mod pin;
 mod request;
 
 use crate::policy::errors::{failure, Failure};
@@ -27,7 +28,7 @@ use crate::state::{now_ms, InFlight, Runtime, Snapshot};
 use async_trait::async_trait;
 use bytes::Bytes;
 use headers::X_FORWARDED_FOR;
-use http::header::{HeaderValue, CACHE_CONTROL, HOST, SET_COOKIE};
+use http::header::HOST;
 use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
@@ -43,45 +44,15 @@ pub struct Proxy {
     rt: Arc<Runtime>,
     /// Whether access-log lines are written (fixed at start).
     access_log: bool,
-    /// Precomputed `Set-Cookie` values, per backend and server: for a
-    /// request over plain HTTP, and over TLS.
-    set_cookies: Vec<Vec<[HeaderValue; 2]>>,
+    /// The sticky cookies responses pin clients with.
+    pins: pin::Pins,
 }
 
 impl Proxy {
     pub fn new(rt: Arc<Runtime>) -> Proxy {
-        let set_cookies = rt
-            .config
-            .backends
-            .iter()
-            .map(|b| {
-                b.servers
-                    .iter()
-                    .map(|s| {
-                        [false, true].map(|tls| {
-                            // Cookie names and ids are checked tokens:
-                            // always a valid header value.
-                            let v = b
-                                .sticky
-                                .as_ref()
-                                .map(|st| sticky::set_cookie(st, &s.id, tls))
-                                .unwrap_or_default();
-                            // Kept for the life of the process, as the
-                            // config is: a static value is handed to each
-                            // response without touching a shared
-                            // reference count.
-                            let v: &'static str = Box::leak(v.into_boxed_str());
-                            HeaderValue::from_str(v)
-                                .map(|_| HeaderValue::from_static(v))
-                                .unwrap_or_else(|_| HeaderValue::from_static(""))
-                        })
-                    })
-                    .collect()
-            })
-            .collect();
         Proxy {
+            pins: pin::Pins::new(&rt.config),
             rt,
-            set_cookies,
             access_log: crate::logging::access_enabled(),
         }
     }
@@ -455,20 +426,11 @@ impl ProxyHttp for Proxy {
                 resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
             }
         }
-        let Some(s) = ctx.server else { return Ok(()) };
-        if self.rt.config.backends[ctx.backend].sticky.is_none() || ctx.cookie_server == Some(s) {
-            return Ok(());
-        }
-        let set_cookie = self.set_cookies[ctx.backend][s][usize::from(ctx.tls)].clone();
-        headers::edit_response(resp, 2, |h| {
-            h.append(SET_COOKIE, set_cookie);
-            let current = h.get(CACHE_CONTROL).map(|v| v.as_bytes());
-            if let Some(value) = sticky::pinned_cache_control(current) {
-                if let Ok(v) = HeaderValue::from_str(&value) {
-                    h.insert(CACHE_CONTROL, v);
-                }
+        if let Some(s) = ctx.server {
+            if ctx.cookie_server != Some(s) {
+                self.pins.pin(resp, ctx.backend, s, ctx.tls);
             }
-        });
+        }
         Ok(())
     }
 
