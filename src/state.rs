@@ -654,7 +654,7 @@ fn log_restored(config: &Config, draft: &Draft, path: &Path) {
 
 fn to_file(config: &Config, draft: &Draft, secret: Option<&str>) -> StateFile {
     StateFile {
-        version: 1,
+        version: STATE_VERSION,
         bypass_secret: secret.map(str::to_string),
         sites: config
             .sites
@@ -686,15 +686,33 @@ fn generate_secret() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The state file's format version, written and accepted.
+const STATE_VERSION: u32 = 1;
+
 fn read_state(path: &Path) -> Result<StateFile, String> {
+    let refuse = |why: String| {
+        format!(
+            "state file {}: {why}; refusing to start rather than lose operators' decisions: \
+             fix or remove the file",
+            path.display()
+        )
+    };
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            format!(
-                "state file {}: cannot parse ({e}); refusing to start rather than lose operators' decisions: \
-                 fix or remove the file",
-                path.display()
-            )
-        }),
+        Ok(bytes) => {
+            // A JSON object only: serde would also read a struct from an array.
+            if !matches!(bytes.trim_ascii_start().first(), Some(b'{')) {
+                return Err(refuse("not a JSON object".into()));
+            }
+            let file: StateFile = serde_json::from_slice(&bytes)
+                .map_err(|e| refuse(format!("cannot parse ({e})")))?;
+            if file.version != STATE_VERSION {
+                return Err(refuse(format!(
+                    "version {} is not {STATE_VERSION}, the one this drawbridge reads",
+                    file.version
+                )));
+            }
+            Ok(file)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StateFile::default()),
         Err(e) => Err(format!("state file {}: cannot read: {e}", path.display())),
     }
@@ -815,6 +833,34 @@ backends:
                 "server state(s) app/b maint"
             ]
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A state file with an unknown setting, of another version, or that is
+    /// not a JSON object is refused rather than half read.
+    #[test]
+    fn loose_state_files_are_refused() {
+        let dir = temp_dir("loose");
+        let rt = runtime(&dir);
+        let config = rt.config.clone();
+        drop(rt);
+        let text = std::fs::read_to_string(&config.state_file).unwrap_or_default();
+        for (bad, words) in [
+            (
+                text.replace("\"retry_after\"", "\"mesage\": \"x\", \"retry_after\""),
+                "mesage",
+            ),
+            (
+                text.replace("\"version\": 1", "\"version\": 2"),
+                "version 2",
+            ),
+            ("[1]".to_string(), "not a JSON object"),
+        ] {
+            assert_ne!(bad, text);
+            std::fs::write(&config.state_file, bad).unwrap_or_else(|e| panic!("{e}"));
+            let err = initial_state(&config).err().unwrap_or_default();
+            assert!(err.contains(words), "{words}: {err}");
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -126,6 +126,7 @@ pub enum TlsVersion {
 /// The maintenance settings an operator can change at runtime. The config
 /// gives their initial values; the state file overrides them.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MaintenanceSettings {
     pub enabled: bool,
     pub retry_after: u64,
