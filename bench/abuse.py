@@ -79,7 +79,10 @@ def main():
     ap.add_argument("--admin", required=True)
     ap.add_argument("--attacker", default="127.0.0.2")
     ap.add_argument("--conns", type=int, default=21000)
-    ap.add_argument("--per-process", type=int, default=8000)
+    # One process holds at most its hard open-file limit, less some room.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    fit = 8000 if hard == resource.RLIM_INFINITY else max(100, min(8000, hard - 100))
+    ap.add_argument("--per-process", type=int, default=fit)
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--hold", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()

@@ -770,22 +770,7 @@ fn check_model(config: &Config) {
             );
         }
     }
-    let draft = Draft {
-        sites: config.sites.iter().map(|s| s.maintenance.clone()).collect(),
-        servers: config
-            .backends
-            .iter()
-            .map(|b| {
-                b.servers
-                    .iter()
-                    .map(|s| ServerAdmin {
-                        state: s.state,
-                        weight: s.weight,
-                    })
-                    .collect()
-            })
-            .collect(),
-    };
+    let draft = Draft::from_config(config);
     let snap = state::build_snapshot(config, &draft)
         .unwrap_or_else(|e| panic!("the loader took what the runtime refuses: {e}"));
     for (b, all) in snap.all_maint.iter().enumerate() {

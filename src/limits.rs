@@ -369,18 +369,20 @@ pub struct Guarded<A> {
 
 impl<A> Guarded<A> {
     /// `listeners`: each HTTP listener the service serves, with its index
-    /// in the config. Fails when a TLS listener's certificates do not load.
+    /// in the config (which also indexes `certs`, the TLS listeners'
+    /// certificates). Fails when a TLS acceptor cannot be built.
     pub fn new(
         app: Arc<A>,
-        rt: &crate::state::Runtime,
+        limiter: Arc<Limiter>,
         listeners: &[(usize, &crate::config::Listener)],
+        certs: &[Option<crate::tls::CertStore>],
+        metrics: &crate::metrics::Metrics,
     ) -> Result<Guarded<A>, String> {
-        let (limiter, metrics) = (rt.limiter.clone(), &rt.metrics);
         let mut figures = Vec::new();
         for &(index, l) in listeners {
             let name = l.name.as_str();
             let rejected = |reason: &str| metrics.rejected.with_label_values(&[name, reason]);
-            let tls = match (&l.tls, rt.certs.get(index).and_then(Option::as_ref)) {
+            let tls = match (&l.tls, certs.get(index).and_then(Option::as_ref)) {
                 (Some(t), Some(certs)) => {
                     let tls = crate::tls::Tls::new(t, certs.clone())
                         .map_err(|e| format!("listener {name}: {e}"))?;

@@ -135,7 +135,13 @@ pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
         .filter(|(_, l)| l.protocol == Protocol::Http)
         .collect();
     let app = pingora_proxy::http_proxy(&server.configuration, Proxy::new(rt.clone()));
-    let guarded = match crate::limits::Guarded::new(Arc::new(app), &rt, &http) {
+    let guarded = match crate::limits::Guarded::new(
+        Arc::new(app),
+        rt.limiter.clone(),
+        &http,
+        &rt.certs,
+        &rt.metrics,
+    ) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("error: {e}");

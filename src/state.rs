@@ -103,6 +103,36 @@ pub struct Draft {
     pub servers: Vec<Vec<ServerAdmin>>,
 }
 
+impl Draft {
+    /// The config's initial values, before any state file.
+    pub fn from_config(config: &Config) -> Draft {
+        Draft {
+            sites: config.sites.iter().map(|s| s.maintenance.clone()).collect(),
+            servers: config
+                .backends
+                .iter()
+                .map(|b| {
+                    b.servers
+                        .iter()
+                        .map(|s| ServerAdmin {
+                            state: s.state,
+                            weight: s.weight,
+                        })
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    /// What `snap` holds, to edit.
+    pub fn of(snap: &Snapshot) -> Draft {
+        Draft {
+            sites: snap.sites.iter().map(|s| s.settings.clone()).collect(),
+            servers: snap.servers.clone(),
+        }
+    }
+}
+
 /// Live per-server figures, updated by the proxy and health checks.
 #[derive(Debug)]
 pub struct ServerLive {
@@ -182,22 +212,7 @@ pub fn now_ms() -> u64 {
 pub fn initial_state(config: &Config) -> Result<(Draft, Option<String>), String> {
     let path = &config.state_file;
     let file = read_state(path)?;
-    let mut draft = Draft {
-        sites: config.sites.iter().map(|s| s.maintenance.clone()).collect(),
-        servers: config
-            .backends
-            .iter()
-            .map(|b| {
-                b.servers
-                    .iter()
-                    .map(|s| ServerAdmin {
-                        state: s.state,
-                        weight: s.weight,
-                    })
-                    .collect()
-            })
-            .collect(),
-    };
+    let mut draft = Draft::from_config(config);
     for (name, settings) in file.sites {
         match config.site_index(&name) {
             Some(i) => draft.sites[i] = settings,
@@ -376,10 +391,7 @@ impl Runtime {
     ) -> Result<T, E> {
         let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.snapshot.load();
-        let mut draft = Draft {
-            sites: current.sites.iter().map(|s| s.settings.clone()).collect(),
-            servers: current.servers.clone(),
-        };
+        let mut draft = Draft::of(&current);
         let out = edit(&mut draft)?;
         let snapshot = build_snapshot(&self.config, &draft)?;
         write_state(
@@ -809,13 +821,7 @@ backends:
     fn restored_state_is_named() {
         let dir = temp_dir("restored");
         let rt = runtime(&dir);
-        let draft = |rt: &Runtime| {
-            let snap = rt.snapshot();
-            Draft {
-                sites: snap.sites.iter().map(|s| s.settings.clone()).collect(),
-                servers: snap.servers.clone(),
-            }
-        };
+        let draft = |rt: &Runtime| Draft::of(&rt.snapshot());
         assert!(restored(&rt.config, &draft(&rt)).is_empty());
         rt.update(|d| {
             d.sites[0].enabled = true;

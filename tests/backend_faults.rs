@@ -582,22 +582,14 @@ struct Silent {
 
 impl Silent {
     fn start() -> Silent {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
         let requests = Arc::new(AtomicUsize::new(0));
         let count = requests.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { return };
-                let count = count.clone();
-                std::thread::spawn(move || {
-                    let _ = conn.set_read_timeout(Some(Duration::from_secs(20)));
-                    let mut reader = BufReader::new(conn);
-                    // Until drawbridge closes the connection.
-                    while read_head(&mut reader).is_some() {
-                        count.fetch_add(1, SeqCst);
-                    }
-                });
+        let addr = serve_each(move |conn| {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(20)));
+            let mut reader = BufReader::new(conn);
+            // Until drawbridge closes the connection.
+            while read_head(&mut reader).is_some() {
+                count.fetch_add(1, SeqCst);
             }
         });
         Silent { addr, requests }

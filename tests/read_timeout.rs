@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use drawbridge::httpc::{self, Conn, Request};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,17 +32,9 @@ struct Scripted {
 
 impl Scripted {
     fn start() -> Scripted {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
         let requests = Arc::new(AtomicUsize::new(0));
         let count = requests.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { return };
-                let count = count.clone();
-                std::thread::spawn(move || serve(conn, &count));
-            }
-        });
+        let addr = serve_each(move |conn| serve(conn, &count));
         Scripted { addr, requests }
     }
 

@@ -5,6 +5,9 @@
 //! refuses the change (500, naming the state file) without changing what
 //! the running proxy does.
 
+mod common;
+
+use common::serve_each;
 use drawbridge::httpc::{self, Request, Response};
 use rand::Rng;
 use std::io::{Read, Write};
@@ -366,15 +369,9 @@ struct Upstream {
 
 impl Upstream {
     fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the upstream");
-        let addr = listener.local_addr().expect("its address").to_string();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                std::thread::spawn(move || answer(stream));
-            }
-        });
-        Upstream { addr }
+        Upstream {
+            addr: serve_each(answer),
+        }
     }
 }
 

@@ -735,3 +735,20 @@ pub fn external_tool(tool: &str, debian_package: &str) -> Option<PathBuf> {
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
+
+/// A server on a free loopback port that runs `handle` on each connection,
+/// in a thread of its own, for as long as the test process lives; returns
+/// its address.
+pub fn serve_each(handle: impl Fn(std::net::TcpStream) + Send + Sync + 'static) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a test server");
+    let addr = listener.local_addr().expect("its address").to_string();
+    let handle = std::sync::Arc::new(handle);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let handle = handle.clone();
+            std::thread::spawn(move || handle(conn));
+        }
+    });
+    addr
+}
