@@ -12,12 +12,13 @@
 //!   [`policy::bypass`]), server choice ([`policy::select`]), sticky cookies
 //!   ([`policy::sticky`]), local pages ([`policy::pages`]), failure statuses
 //!   ([`policy::errors`]) and the drain verdict ([`policy::drain`]).
-//! - [`wire`], [`logging`], [`metrics`]: text on the hot path, the batched
-//!   access log, Prometheus metrics.
+//! - [`wire`], [`logging`], [`metrics`], [`sketch`]: text on the hot path,
+//!   the batched access log, Prometheus metrics, distinct-client counts.
 //! - [`state`]: the runtime: the operators' decisions in one snapshot behind
 //!   arc-swap, live per-server figures, the state file.
 //! - Services: [`proxy`] (Pingora's HTTP phases), [`tcp`] (Layer-4
-//!   listeners), [`health`] (health checks), [`admin`] (the API and `ctl`),
+//!   listeners), [`health`] (health checks), [`schedule`] (maintenance
+//!   windows), [`admin`] (the API and `ctl`),
 //!   [`server`] (wires them into a Pingora server), [`demo`], and [`httpc`]
 //!   (a small HTTP/1.1 client for `ctl` and the tests).
 
@@ -34,7 +35,9 @@ pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod schedule;
 pub mod server;
+pub mod sketch;
 pub mod state;
 pub mod tcp;
 pub mod tls;

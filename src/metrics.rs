@@ -22,6 +22,9 @@ pub const SERVER_ERROR: &str = "error";
 /// Handles for one site.
 pub struct SiteMetrics {
     pub maintenance_enabled: IntGauge,
+    /// A scheduled window's start and end (Unix seconds; 0: none).
+    pub window_start: IntGauge,
+    pub window_end: IntGauge,
     pub maintenance_responses: IntCounter,
     pub bypass_allow: IntCounter,
     pub bypass_token: IntCounter,
@@ -266,6 +269,18 @@ impl Metrics {
             "1 while the site's maintenance is on",
             &["site"],
         )?;
+        let w_start = gauge_vec(
+            (&r, &mut f),
+            "drawbridge_maintenance_window_start_timestamp_seconds",
+            "Start of the site's scheduled maintenance window (Unix seconds; 0: none or from now)",
+            &["site"],
+        )?;
+        let w_end = gauge_vec(
+            (&r, &mut f),
+            "drawbridge_maintenance_window_end_timestamp_seconds",
+            "End of the site's scheduled maintenance window (Unix seconds; 0: none)",
+            &["site"],
+        )?;
         let m_resp = counter_vec(
             (&r, &mut f),
             "drawbridge_maintenance_responses_total",
@@ -338,6 +353,8 @@ impl Metrics {
                 let b = &config.backends[s.backend];
                 SiteMetrics {
                     maintenance_enabled: m_enabled.with_label_values(&[&s.name]),
+                    window_start: w_start.with_label_values(&[&s.name]),
+                    window_end: w_end.with_label_values(&[&s.name]),
                     maintenance_responses: m_resp.with_label_values(&[&s.name]),
                     bypass_allow: m_bypass.with_label_values(&[&s.name, "allow"]),
                     bypass_token: m_bypass.with_label_values(&[&s.name, "token"]),

@@ -195,6 +195,12 @@ pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
         h.threads = Some(1);
         server.add_service(h);
     }
+    let mut scheduler = pingora_core::services::background::background_service(
+        "drawbridge maintenance windows",
+        crate::schedule::Scheduler { rt: rt.clone() },
+    );
+    scheduler.threads = Some(1);
+    server.add_service(scheduler);
     let mut flusher = pingora_core::services::background::background_service(
         "drawbridge access log",
         crate::logging::Flusher,

@@ -8,10 +8,11 @@
 use crate::config::{check, compile_paths, AdminState, Config, MaintenanceSettings};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
-use crate::policy::bypass;
 use crate::policy::pages::{render_error, MaintenancePage, ERROR_STATUSES};
 use crate::policy::route::Router;
 use crate::policy::select::{mix, up_bit, Candidate, ReadyTier};
+use crate::policy::{bypass, gate};
+use crate::sketch::RecentClients;
 use crate::tls::{CertSet, CertStore};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -141,6 +142,8 @@ pub struct ServerLive {
     pub inflight: AtomicU64,
     /// Unix milliseconds of the last request routed here by its cookie; 0 = never.
     pub last_sticky_ms: AtomicU64,
+    /// Distinct clients routed here by their cookie, recently.
+    pub sticky_clients: RecentClients,
     pub requests_total: AtomicU64,
     pub seed: u64,
     pub addr: SocketAddr,
@@ -244,9 +247,31 @@ pub fn initial_state(config: &Config) -> Result<(Draft, Option<String>), String>
             }
         }
     }
+    let now = now_ms() / 1000;
+    for (site, m) in config.sites.iter().zip(&mut draft.sites) {
+        if end_window(m, now) {
+            log::warn!(
+                "state file {}: the maintenance window of site {} ended while drawbridge was stopped: site open",
+                path.display(),
+                site.name
+            );
+        }
+    }
     build_snapshot(config, &draft).map_err(|e| format!("state file {}: {e}", path.display()))?;
     log_restored(config, &draft, path);
     Ok((draft, file.bypass_secret))
+}
+
+/// Switch off a maintenance whose window has reached its end; whether it
+/// did.
+fn end_window(m: &mut MaintenanceSettings, now: u64) -> bool {
+    if !crate::policy::gate::window_over(m.enabled, m.until, now) {
+        return false;
+    }
+    m.enabled = false;
+    m.from = None;
+    m.until = None;
+    true
 }
 
 impl Runtime {
@@ -289,6 +314,7 @@ impl Runtime {
                     up: AtomicBool::new(true),
                     inflight: AtomicU64::new(0),
                     last_sticky_ms: AtomicU64::new(0),
+                    sticky_clients: RecentClients::new(),
                     requests_total: AtomicU64::new(0),
                     seed: mix(u64::from_str_radix(&s.id, 16).unwrap_or(0)),
                     addr,
@@ -422,6 +448,7 @@ impl Runtime {
     /// The metrics text, with the gauges read from live figures at scrape
     /// time (requests in flight) brought up to date first.
     pub fn render_metrics(&self) -> Vec<u8> {
+        self.publish_sites(&self.snapshot());
         for (metrics, live) in self.metrics.servers.iter().zip(&self.live) {
             for (m, l) in metrics.iter().zip(live) {
                 m.inflight
@@ -497,10 +524,60 @@ impl Runtime {
         }
     }
 
-    fn publish_metrics(&self, snap: &Snapshot) {
-        for (site, m) in snap.sites.iter().zip(&self.metrics.sites) {
-            m.maintenance_enabled.set(i64::from(site.settings.enabled));
+    /// Switch off the maintenance of sites whose window has ended, and
+    /// keep that in the state file. The proxy already stopped answering
+    /// with the page at `until` (it reads the clock); this makes the
+    /// settings, `status` and the file say so. Returns the sites switched
+    /// off.
+    pub fn end_windows(&self, now_ms: u64) -> Result<Vec<usize>, StateError> {
+        let now = now_ms / 1000;
+        let due = self
+            .snapshot()
+            .sites
+            .iter()
+            .any(|s| gate::window_over(s.settings.enabled, s.settings.until, now));
+        if !due {
+            return Ok(Vec::new());
         }
+        let ended = self.update(|d| {
+            let ended: Vec<usize> = (0..d.sites.len())
+                .filter(|&i| end_window(&mut d.sites[i], now))
+                .collect();
+            Ok::<_, StateError>(ended)
+        })?;
+        for &i in &ended {
+            log::warn!(
+                "site {}: maintenance window over, maintenance off",
+                self.config.sites[i].name
+            );
+        }
+        Ok(ended)
+    }
+
+    /// Whether each site's maintenance switch is on at `now_ms`
+    /// (its window considered).
+    pub fn switched_on(&self, snap: &Snapshot, now_ms: u64) -> Vec<bool> {
+        snap.sites
+            .iter()
+            .map(|s| {
+                let m = &s.settings;
+                gate::switched_on(m.enabled, m.from, m.until, || now_ms)
+            })
+            .collect()
+    }
+
+    fn publish_sites(&self, snap: &Snapshot) {
+        let on = self.switched_on(snap, now_ms());
+        for ((site, m), on) in snap.sites.iter().zip(&self.metrics.sites).zip(on) {
+            m.maintenance_enabled.set(i64::from(on));
+            let secs = |t: Option<u64>| t.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX));
+            m.window_start.set(secs(site.settings.from));
+            m.window_end.set(secs(site.settings.until));
+        }
+    }
+
+    fn publish_metrics(&self, snap: &Snapshot) {
+        self.publish_sites(snap);
         for (b, servers) in snap.servers.iter().enumerate() {
             for (s, admin) in servers.iter().enumerate() {
                 self.metrics.set_state(b, s, admin.state);
@@ -570,6 +647,7 @@ pub fn build_snapshot(config: &Config, draft: &Draft) -> Result<Snapshot, StateE
             &site.name,
             settings.retry_after,
             settings.message.as_deref(),
+            settings.until,
         )
         .map_err(|e| StateError::Internal(format!("cannot build the maintenance answer: {e}")))?;
         sites.push(SiteState {

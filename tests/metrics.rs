@@ -421,8 +421,8 @@ fn metric_values_follow_traffic_maintenance_and_drain() {
 
 // ------------------------------ (b) every contract metric, its labels
 
-/// CONTRACT sections 6 and 15 (as far as built), and the limits in force
-/// (docs/metrics.md): name, type, labels. The TLS families have series only
+/// CONTRACT sections 6 and 15 (as far as built), the limits in force and
+/// the maintenance windows (docs/metrics.md): name, type, labels. The TLS families have series only
 /// with a TLS listener: tests/tls.rs reads them.
 const CONTRACT: &[(&str, &str, &[&str])] = &[
     ("drawbridge_connections", "gauge", &["listener"]),
@@ -443,6 +443,16 @@ const CONTRACT: &[(&str, &str, &[&str])] = &[
         &["site", "backend"],
     ),
     ("drawbridge_maintenance_enabled", "gauge", &["site"]),
+    (
+        "drawbridge_maintenance_window_start_timestamp_seconds",
+        "gauge",
+        &["site"],
+    ),
+    (
+        "drawbridge_maintenance_window_end_timestamp_seconds",
+        "gauge",
+        &["site"],
+    ),
     (
         "drawbridge_maintenance_responses_total",
         "counter",

@@ -143,6 +143,8 @@ fn rfc3339_ms(ms: u64) -> Value {
 fn site_json(rt: &Runtime, snap: &Snapshot, i: usize) -> Value {
     let site = &rt.config.sites[i];
     let st = &snap.sites[i];
+    let m = &st.settings;
+    let switched_on = crate::policy::gate::switched_on(m.enabled, m.from, m.until, now_ms);
     json!({
         "name": site.name,
         "hosts": site.hosts,
@@ -152,9 +154,11 @@ fn site_json(rt: &Runtime, snap: &Snapshot, i: usize) -> Value {
             "retry_after": st.settings.retry_after,
             "paths": st.settings.paths,
             "message": st.settings.message,
+            "from": st.settings.from.map(crate::config::time::format_rfc3339),
+            "until": st.settings.until.map(crate::config::time::format_rfc3339),
         },
         "allow": st.settings.allow.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-        "in_maintenance": st.settings.enabled || snap.all_maint[site.backend],
+        "in_maintenance": switched_on || snap.all_maint[site.backend],
     })
 }
 
@@ -172,6 +176,7 @@ fn server_json(rt: &Runtime, snap: &Snapshot, b: usize, s: usize) -> Value {
         "backup": conf.backup,
         "inflight": live.inflight.load(Relaxed),
         "sticky_last_seen": rfc3339_ms(live.last_sticky_ms.load(Relaxed)),
+        "clients": live.sticky_clients.estimate(now_ms(), DEFAULT_IDLE),
         "requests_total": live.requests_total.load(Relaxed),
     })
 }
@@ -216,6 +221,27 @@ struct MaintenanceBody {
     /// Absent: unchanged; `null` or `""`: cleared.
     #[serde(default, deserialize_with = "present")]
     message: Option<Option<String>>,
+    /// A scheduled window, RFC 3339. Absent: unchanged; `null` or `""`:
+    /// cleared. Switching maintenance off clears both.
+    #[serde(default, deserialize_with = "present")]
+    from: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    until: Option<Option<String>>,
+}
+
+/// A window's bound as given: absent (unchanged), cleared, or a time.
+fn window_bound(
+    field: &str,
+    given: &Option<Option<String>>,
+) -> Result<Option<Option<u64>>, ApiError> {
+    match given {
+        None => Ok(None),
+        Some(None) => Ok(Some(None)),
+        Some(Some(t)) if t.is_empty() => Ok(Some(None)),
+        Some(Some(t)) => crate::config::time::parse_rfc3339(t)
+            .map(|secs| Some(Some(secs)))
+            .map_err(|e| ApiError::bad(format!("{field}: {e}"))),
+    }
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
@@ -225,8 +251,28 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Strin
 impl MaintenanceBody {
     /// The settings are checked when the change is applied
     /// ([`crate::config::check::maintenance`]).
-    fn apply(&self, s: &mut crate::config::MaintenanceSettings) {
+    fn apply(&self, s: &mut crate::config::MaintenanceSettings) -> Result<(), ApiError> {
+        let from = window_bound("from", &self.from)?;
+        let until = window_bound("until", &self.until)?;
+        if let Some(Some(u)) = until {
+            if u <= now_ms() / 1000 {
+                return Err(ApiError::bad(format!(
+                    "until: {} is in the past",
+                    crate::config::time::format_rfc3339(u)
+                )));
+            }
+        }
         s.enabled = self.enabled;
+        if let Some(f) = from {
+            s.from = f;
+        }
+        if let Some(u) = until {
+            s.until = u;
+        }
+        if !self.enabled {
+            s.from = None;
+            s.until = None;
+        }
         if let Some(r) = self.retry_after {
             s.retry_after = r;
         }
@@ -236,6 +282,7 @@ impl MaintenanceBody {
         if let Some(m) = &self.message {
             s.message = m.clone().filter(|m| !m.is_empty());
         }
+        Ok(())
     }
 }
 
@@ -243,24 +290,29 @@ fn log_maintenance(rt: &Runtime, i: usize, b: &MaintenanceBody) {
     log::warn!(
         "admin: site {} maintenance {}",
         rt.config.sites[i].name,
-        if b.enabled { "ON" } else { "off" }
+        match (b.enabled, &b.from, &b.until) {
+            (false, ..) => "off".to_string(),
+            (true, None, None) => "ON".to_string(),
+            (true, from, until) => format!(
+                "ON from {} until {}",
+                from.clone().flatten().unwrap_or_else(|| "now".into()),
+                until
+                    .clone()
+                    .flatten()
+                    .unwrap_or_else(|| "switched off".into())
+            ),
+        }
     );
 }
 
 fn maintenance(rt: &Runtime, i: usize, body: MaintenanceBody) -> ApiResult {
-    rt.update(|d| {
-        body.apply(&mut d.sites[i]);
-        Ok::<_, ApiError>(())
-    })?;
+    rt.update(|d| body.apply(&mut d.sites[i]))?;
     log_maintenance(rt, i, &body);
     Ok((200, site_json(rt, &rt.snapshot(), i)))
 }
 
 fn maintenance_all(rt: &Runtime, body: MaintenanceBody) -> ApiResult {
-    rt.update(|d| {
-        d.sites.iter_mut().for_each(|s| body.apply(s));
-        Ok::<_, ApiError>(())
-    })?;
+    rt.update(|d| d.sites.iter_mut().try_for_each(|s| body.apply(s)))?;
     let snap = rt.snapshot();
     for i in 0..rt.config.sites.len() {
         log_maintenance(rt, i, &body);
@@ -394,6 +446,10 @@ fn set_weight(rt: &Runtime, b: usize, s: usize, body: WeightBody) -> ApiResult {
     Ok((200, server_json(rt, &rt.snapshot(), b, s)))
 }
 
+/// The drain verdict's default `idle`, and the window of the `clients`
+/// estimate in a server's status.
+const DEFAULT_IDLE: u64 = 60;
+
 fn query_secs(query: &str, key: &str, default: u64) -> Result<u64, ApiError> {
     for pair in query.split('&') {
         if let Some((k, v)) = pair.split_once('=') {
@@ -433,12 +489,13 @@ fn drain_status(rt: &Runtime, b: usize, s: usize, idle: u64) -> (bool, Value) {
     v["drained"] = Value::Bool(drained);
     v["idle"] = json!(idle);
     v["seconds_since_sticky"] = json!(since);
+    v["clients"] = json!(rt.live[b][s].sticky_clients.estimate(now_ms(), idle));
     (drained, v)
 }
 
 async fn drained(rt: &Runtime, b: usize, s: usize, query: &str) -> ApiResult {
     let timeout = query_secs(query, "timeout", 600)?;
-    let idle = query_secs(query, "idle", 60)?;
+    let idle = query_secs(query, "idle", DEFAULT_IDLE)?;
     if rt.snapshot().servers[b][s].state == AdminState::Ready {
         return Err(ApiError::new(
             409,

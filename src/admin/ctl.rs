@@ -32,8 +32,22 @@ pub enum CtlCommand {
         #[command(subcommand)]
         action: MaintenanceAction,
     },
-    /// Set a server's admin state: ready, drain or maint
-    Server { target: String, state: String },
+    /// Set a server's admin state: ready, drain or maint. `maint --drain`
+    /// is the rolling step: drain, wait until drained, then maint (exit 2
+    /// at the timeout, the server left in drain)
+    Server {
+        target: String,
+        state: String,
+        /// With `maint`: drain first and wait until no user is left
+        #[arg(long)]
+        drain: bool,
+        /// With --drain: give up after this long (exit 2)
+        #[arg(long, default_value = "10m", requires = "drain")]
+        timeout: String,
+        /// With --drain: how long without sticky requests counts as drained
+        #[arg(long, default_value = "60s", requires = "drain")]
+        idle: String,
+    },
     /// Set a server's weight (0..=256)
     Weight {
         target: String,
@@ -84,6 +98,12 @@ pub enum MaintenanceAction {
         /// Shown on the maintenance page
         #[arg(long)]
         message: Option<String>,
+        /// Start of a scheduled window: RFC 3339 or +DURATION (e.g. +30m)
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the window, when maintenance switches itself off
+        #[arg(long)]
+        until: Option<String>,
     },
     Off {
         site: String,
@@ -173,13 +193,16 @@ fn execute(c: &Client, args: &CtlArgs) -> Result<i32, String> {
             timeout,
             idle,
         } => {
-            return wait_drained(
-                c,
-                args.json,
-                target,
-                secs(timeout, "--timeout")?,
-                secs(idle, "--idle")?,
-            )
+            let timeout = secs(timeout, "--timeout")?;
+            let (code, v) = wait_drained(c, target, timeout, secs(idle, "--idle")?)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else if code == 0 {
+                println!("{target} is drained: safe to stop");
+            } else {
+                println!("{target} is not drained after {timeout}s");
+            }
+            return Ok(code);
         }
         CtlCommand::Status => ("GET", "/api/v1/status".to_string(), None),
         CtlCommand::Certs { action: None } => ("GET", "/api/v1/certificates".to_string(), None),
@@ -193,9 +216,27 @@ fn execute(c: &Client, args: &CtlArgs) -> Result<i32, String> {
                     retry_after,
                     paths,
                     message,
+                    from,
+                    until,
                 },
         } => {
-            let mut b = json!({"enabled": true, "paths": paths, "message": message});
+            let now = crate::state::now_ms() / 1000;
+            let when = |t: &Option<String>, flag: &str| -> Result<Value, String> {
+                t.as_deref()
+                    .map(|t| {
+                        crate::config::time::parse_when(t, now)
+                            .map(|secs| json!(crate::config::time::format_rfc3339(secs)))
+                            .map_err(|e| format!("{flag}: {e}"))
+                    })
+                    .unwrap_or(Ok(Value::Null))
+            };
+            let mut b = json!({
+                "enabled": true,
+                "paths": paths,
+                "message": message,
+                "from": when(from, "--from")?,
+                "until": when(until, "--until")?,
+            });
             if let Some(r) = retry_after {
                 b["retry_after"] = json!(r);
             }
@@ -208,7 +249,25 @@ fn execute(c: &Client, args: &CtlArgs) -> Result<i32, String> {
             format!("/api/v1/sites/{site}/maintenance"),
             Some(json!({"enabled": false})),
         ),
-        CtlCommand::Server { target, state } => {
+        CtlCommand::Server {
+            target,
+            state,
+            drain: true,
+            timeout,
+            idle,
+        } => {
+            if state != "maint" {
+                return Err(format!("--drain goes with maint, not {state:?}"));
+            }
+            return rolling_step(
+                c,
+                args.json,
+                target,
+                secs(timeout, "--timeout")?,
+                secs(idle, "--idle")?,
+            );
+        }
+        CtlCommand::Server { target, state, .. } => {
             let (b, s) = split_target(target)?;
             (
                 "PUT",
@@ -315,6 +374,18 @@ fn site_line(v: &Value) -> String {
         if let Some(msg) = m["message"].as_str() {
             line.push_str(&format!(", message {msg:?}"));
         }
+        if m["from"].is_string() || m["until"].is_string() {
+            line.push_str(&format!(
+                ", window {} to {}{}",
+                m["from"].as_str().unwrap_or("now"),
+                m["until"].as_str().unwrap_or("switched off"),
+                if v["in_maintenance"].as_bool() == Some(true) {
+                    ""
+                } else {
+                    " (scheduled)"
+                }
+            ));
+        }
     }
     if v["in_maintenance"].as_bool() == Some(true) && m["enabled"].as_bool() != Some(true) {
         line.push_str(" (in maintenance: every server is in maint)");
@@ -324,7 +395,7 @@ fn site_line(v: &Value) -> String {
 
 fn server_line(v: &Value) -> String {
     format!(
-        "{}/{} {}: state {}, health {}, weight {}, in flight {}, requests {}, last sticky {}",
+        "{}/{} {}: state {}, health {}, weight {}, in flight {}, requests {}, last sticky {} (~{} clients in 60s)",
         v["backend"].as_str().unwrap_or("?"),
         v["name"].as_str().unwrap_or("?"),
         v["addr"].as_str().unwrap_or("?"),
@@ -334,6 +405,7 @@ fn server_line(v: &Value) -> String {
         v["inflight"],
         v["requests_total"],
         v["sticky_last_seen"].as_str().unwrap_or("never"),
+        v["clients"],
     )
 }
 
@@ -368,13 +440,58 @@ fn print_status(v: &Value) {
     }
 }
 
-fn wait_drained(
+/// The rolling step: drain, wait until drained, maint. 0 once in maint, 2
+/// at the timeout (left in drain).
+fn rolling_step(
     c: &Client,
     json_out: bool,
     target: &str,
     timeout: u64,
     idle: u64,
 ) -> Result<i32, String> {
+    let (b, s) = split_target(target)?;
+    let path = format!("/api/v1/backends/{b}/servers/{s}/state");
+    let set = |state: &str| -> Result<Value, String> {
+        let r = c.call("PUT", &path, Some(json!({ "state": state })), CALL)?;
+        if r.status >= 400 {
+            return Err(api_error(&r));
+        }
+        r.json()
+    };
+    let r = c.call(
+        "GET",
+        &format!("/api/v1/backends/{b}/servers/{s}"),
+        None,
+        CALL,
+    )?;
+    if r.status >= 400 {
+        return Err(api_error(&r));
+    }
+    if r.json()?["state"].as_str() != Some("maint") {
+        eprintln!("{}", server_line(&set("drain")?));
+        let (code, v) = wait_drained(c, target, timeout, idle)?;
+        if code != 0 {
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                println!("{target} is not drained after {timeout}s: left in drain");
+            }
+            return Ok(code);
+        }
+        eprintln!("{target} is drained: setting it to maint");
+    }
+    let v = set("maint")?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        println!("{}", server_line(&v));
+    }
+    Ok(0)
+}
+
+/// Wait until drained, with a progress line on stderr: 0 and the last
+/// answer once drained, 2 and the last answer at the timeout.
+fn wait_drained(c: &Client, target: &str, timeout: u64, idle: u64) -> Result<(i32, Value), String> {
     let (b, s) = split_target(target)?;
     let start = Instant::now();
     let deadline = start + Duration::from_secs(timeout);
@@ -398,9 +515,10 @@ fn wait_drained(
             .map(|s| format!("{s}s ago"))
             .unwrap_or_else(|| "never".into());
         let line = format!(
-            "{target}: {} | in flight {} | last sticky request {since} (idle {idle}s) | waited {}s",
+            "{target}: {} | in flight {} | last sticky request {since} | ~{} clients in the last {idle}s | waited {}s",
             v["state"].as_str().unwrap_or("?"),
             v["inflight"],
+            v["clients"],
             start.elapsed().as_secs()
         );
         if tty {
@@ -409,23 +527,18 @@ fn wait_drained(
             eprintln!("{line}");
         }
         let _ = std::io::stderr().flush();
-        if r.status == 200 {
+        let done = if r.status == 200 {
+            Some(0)
+        } else if Instant::now() >= deadline {
+            Some(2)
+        } else {
+            None
+        };
+        if let Some(code) = done {
             if tty {
                 eprintln!();
             }
-            if json_out {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            } else {
-                println!("{target} is drained: safe to stop");
-            }
-            return Ok(0);
-        }
-        if Instant::now() >= deadline {
-            if tty {
-                eprintln!();
-            }
-            println!("{target} is not drained after {timeout}s");
-            return Ok(2);
+            return Ok((code, v));
         }
     }
 }

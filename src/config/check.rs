@@ -95,7 +95,26 @@ pub fn maintenance(m: &MaintenanceSettings) -> Result<(), String> {
     if let Some(text) = &m.message {
         message(text).map_err(|e| format!("message: {e}"))?;
     }
-    allow_count(m.allow.len()).map_err(|e| format!("allow: {e}"))
+    allow_count(m.allow.len()).map_err(|e| format!("allow: {e}"))?;
+    window(m.enabled, m.from, m.until)
+}
+
+/// A scheduled window: only on a switched-on maintenance, and `until`
+/// after `from`. (That `until` is still to come is checked where a window
+/// is set: a window that ended while drawbridge was stopped is simply
+/// over.)
+pub fn window(enabled: bool, from: Option<u64>, until: Option<u64>) -> Result<(), String> {
+    if !enabled && (from.is_some() || until.is_some()) {
+        return Err("from/until: a window needs enabled: true".into());
+    }
+    match (from, until) {
+        (Some(f), Some(u)) if u <= f => Err(format!(
+            "until: {} is not after from {}",
+            super::time::format_rfc3339(u),
+            super::time::format_rfc3339(f)
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +128,8 @@ mod tests {
             paths: vec!["^/checkout".into()],
             message: Some("Back at 14:00".into()),
             allow: Vec::new(),
+            from: None,
+            until: None,
         }
     }
 
@@ -124,6 +145,20 @@ mod tests {
             (|m| m.paths = vec!["(".into()], "paths"),
             (|m| m.paths = vec!["a".into(); MAX_PATHS + 1], "paths"),
             (|m| m.message = Some("x".repeat(MAX_MESSAGE + 1)), "message"),
+            (
+                |m| {
+                    m.from = Some(100);
+                    m.until = Some(100)
+                },
+                "until",
+            ),
+            (
+                |m| {
+                    m.enabled = false;
+                    m.until = Some(100)
+                },
+                "from/until",
+            ),
         ] {
             let mut m = settings();
             edit(&mut m);
@@ -134,6 +169,8 @@ mod tests {
         edge.retry_after = MAX_RETRY_AFTER;
         edge.paths = vec!["a".into(); MAX_PATHS];
         edge.message = Some("é".repeat(MAX_MESSAGE));
+        edge.from = Some(100);
+        edge.until = Some(101);
         assert_eq!(maintenance(&edge), Ok(()));
     }
 

@@ -6,6 +6,7 @@ pub mod cert;
 pub mod check;
 mod file;
 pub mod model;
+pub mod time;
 
 pub use model::*;
 
@@ -785,6 +786,8 @@ impl Validator {
                     paths: m.paths.clone(),
                     message: None,
                     allow,
+                    from: None,
+                    until: None,
                 },
                 bypass_cookie,
                 bypass_secret_env: m.bypass_secret_env.clone(),

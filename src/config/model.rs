@@ -134,6 +134,21 @@ pub struct MaintenanceSettings {
     pub paths: Vec<String>,
     pub message: Option<String>,
     pub allow: Vec<IpNet>,
+    /// A scheduled window (Unix seconds): while `enabled`, maintenance is
+    /// on from `from` (none: at once) until `until` (none: until switched
+    /// off), and switches itself off at `until`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::time::opt_rfc3339"
+    )]
+    pub from: Option<u64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::time::opt_rfc3339"
+    )]
+    pub until: Option<u64>,
 }
 
 #[derive(Debug, Clone)]

@@ -79,6 +79,32 @@ pub fn in_maintenance(
     all_servers_maint || (enabled && paths.is_none_or(|p| p.is_match(path)))
 }
 
+/// Whether a site's maintenance switch is on at this moment: `enabled`,
+/// and inside its scheduled window (`from`/`until`, Unix seconds) when one
+/// is set. `now_ms` (Unix milliseconds) is read only for a window.
+pub fn switched_on(
+    enabled: bool,
+    from: Option<u64>,
+    until: Option<u64>,
+    now_ms: impl FnOnce() -> u64,
+) -> bool {
+    if !enabled {
+        return false;
+    }
+    if from.is_none() && until.is_none() {
+        return true;
+    }
+    let now = now_ms();
+    from.is_none_or(|f| now >= f.saturating_mul(1000))
+        && until.is_none_or(|u| now < u.saturating_mul(1000))
+}
+
+/// Whether a switched-on maintenance has reached the end of its window
+/// (`now` in Unix seconds): it is then switched off for good.
+pub fn window_over(enabled: bool, until: Option<u64>, now: u64) -> bool {
+    enabled && until.is_some_and(|u| now >= u)
+}
+
 /// Whether a request bypasses maintenance, and why. `now` (Unix seconds)
 /// is called only to check a token's expiry: most requests answered with
 /// the maintenance page carry none, and then the clock is not read.
@@ -150,6 +176,27 @@ mod tests {
         assert!(in_maintenance(true, Some(&p), "/checkout/pay", false));
         assert!(!in_maintenance(true, Some(&p), "/shop", false));
         assert!(in_maintenance(false, Some(&p), "/shop", true));
+    }
+
+    #[test]
+    fn a_window_switches_maintenance_on_and_off_by_the_clock() {
+        let clock_unread = || -> u64 { panic!("no window: the clock is not read") };
+        assert!(switched_on(true, None, None, clock_unread));
+        assert!(!switched_on(false, None, None, clock_unread));
+        assert!(!switched_on(false, Some(10), Some(20), clock_unread));
+        let at = |ms: u64| switched_on(true, Some(10), Some(20), move || ms);
+        assert!(!at(9_999), "before from");
+        assert!(at(10_000), "at from");
+        assert!(at(19_999));
+        assert!(!at(20_000), "at until");
+        assert!(switched_on(true, None, Some(20), || 5_000));
+        assert!(!switched_on(true, None, Some(20), || 25_000));
+        assert!(!switched_on(true, Some(10), None, || 5_000));
+        assert!(switched_on(true, Some(10), None, || u64::MAX));
+        assert!(!window_over(true, Some(20), 19));
+        assert!(window_over(true, Some(20), 20));
+        assert!(!window_over(true, None, u64::MAX));
+        assert!(!window_over(false, Some(20), 30));
     }
 
     #[test]

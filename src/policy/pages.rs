@@ -3,47 +3,114 @@
 //! no site matches. Bodies and headers are rendered when settings change,
 //! not per request; `proxy::answer` writes them.
 
+use crate::config::time::format_rfc3339;
 use bytes::Bytes;
 use http::HeaderValue;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 
 /// A maintenance answer rendered for one site's current settings: bodies
-/// and complete response headers, cloned per answer.
+/// and complete response headers, cloned per answer. With a window's end
+/// (`until`), `Retry-After` counts down and the JSON body carries it, so
+/// both are made per answer ([`MaintenancePage::json_at`]).
 #[derive(Debug, Clone)]
 pub struct MaintenancePage {
     pub html: Bytes,
     pub json: Bytes,
     pub html_head: ResponseHeader,
     pub json_head: ResponseHeader,
+    /// The end of the scheduled window, Unix seconds.
+    pub until: Option<u64>,
+    site: String,
+    message: Option<String>,
 }
 
 impl MaintenancePage {
+    /// Placeholders in `template`: `{{site}}`, `{{message}}`,
+    /// `{{retry_after}}` (the setting, in words), `{{until}}` (the window's
+    /// end, RFC 3339, or nothing) and `{{eta}}` (a sentence saying when the
+    /// site is back: at the window's end, or in about `retry_after`).
     pub fn render(
         template: &str,
         site: &str,
         retry_after: u64,
         message: Option<&str>,
+        until: Option<u64>,
     ) -> Result<Self> {
         let message_html = html_escape(message.unwrap_or(""));
+        let until_text = until.map(format_rfc3339).unwrap_or_default();
+        let eta = match until {
+            Some(_) => format!(
+                "Expected back at <strong><time datetime=\"{until_text}\">{}</time></strong>.",
+                readable_utc(&until_text)
+            ),
+            None => format!(
+                "Expected back in about <strong>{}</strong>.",
+                human_duration(retry_after)
+            ),
+        };
         let html = template
             .replace("{{site}}", &html_escape(site))
             .replace("{{message}}", &message_html)
-            .replace("{{retry_after}}", &human_duration(retry_after));
-        let json = serde_json::json!({
-            "error": "maintenance",
-            "site": site,
-            "retry_after": retry_after,
-            "message": message,
-        })
-        .to_string();
+            .replace("{{retry_after}}", &human_duration(retry_after))
+            .replace("{{until}}", &until_text)
+            .replace("{{eta}}", &eta);
+        let json = json_body(site, retry_after, message, until);
         let retry_after = Some(retry_after);
         Ok(MaintenancePage {
             html_head: head(503, HTML, html.len(), retry_after)?,
             json_head: head(503, JSON, json.len(), retry_after)?,
             html: Bytes::from(html),
             json: Bytes::from(json),
+            until,
+            site: site.to_string(),
+            message: message.map(str::to_string),
         })
+    }
+
+    /// The JSON body with `retry_after` as it is at this moment.
+    pub fn json_at(&self, retry_after: u64) -> Bytes {
+        Bytes::from(json_body(
+            &self.site,
+            retry_after,
+            self.message.as_deref(),
+            self.until,
+        ))
+    }
+}
+
+fn json_body(site: &str, retry_after: u64, message: Option<&str>, until: Option<u64>) -> String {
+    let mut v = serde_json::json!({
+        "error": "maintenance",
+        "site": site,
+        "retry_after": retry_after,
+        "message": message,
+    });
+    if let Some(u) = until {
+        v["until"] = serde_json::Value::String(format_rfc3339(u));
+    }
+    v.to_string()
+}
+
+/// `2026-12-03T14:00:00Z` as `2026-12-03 14:00 UTC`.
+fn readable_utc(rfc3339: &str) -> String {
+    match (rfc3339.get(..10), rfc3339.get(11..16)) {
+        (Some(day), Some(time)) => format!("{day} {time} UTC"),
+        _ => rfc3339.to_string(),
+    }
+}
+
+/// `Retry-After` at `now_ms` (Unix milliseconds): with a window's end
+/// `until` (Unix seconds) still to come, the whole seconds left to it
+/// (at least 1); otherwise the site's setting.
+pub fn retry_after_at(setting: u64, until: Option<u64>, now_ms: u64) -> u64 {
+    match until {
+        Some(u) => u
+            .saturating_mul(1000)
+            .saturating_sub(now_ms)
+            .div_ceil(1000)
+            .max(1),
+        None => setting,
     }
 }
 
@@ -182,6 +249,7 @@ mod tests {
             "app",
             5400,
             Some("<b>Back</b> & soon"),
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -192,8 +260,39 @@ mod tests {
         assert_eq!(j["error"], "maintenance");
         assert_eq!(j["retry_after"], 5400);
         assert_eq!(j["message"], "<b>Back</b> & soon");
+        assert!(j.get("until").is_none());
         assert_eq!(human_duration(600), "10 minutes");
         assert_eq!(human_duration(1), "1 second");
         assert_eq!(human_duration(3600), "1 hour");
+    }
+
+    #[test]
+    fn a_window_shows_its_end_and_counts_retry_after_down() {
+        let t = "{{eta}}|{{until}}";
+        let until = 1_796_306_400; // 2026-12-03T14:00:00Z
+        let p = MaintenancePage::render(t, "app", 600, None, Some(until)).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&p.html).unwrap(),
+            "Expected back at <strong><time datetime=\"2026-12-03T14:00:00Z\">\
+             2026-12-03 14:00 UTC</time></strong>.|2026-12-03T14:00:00Z"
+        );
+        let j: serde_json::Value = serde_json::from_slice(&p.json_at(42)).unwrap();
+        assert_eq!(j["until"], "2026-12-03T14:00:00Z");
+        assert_eq!(j["retry_after"], 42);
+        let open = MaintenancePage::render(t, "app", 600, None, None).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&open.html).unwrap(),
+            "Expected back in about <strong>10 minutes</strong>.|"
+        );
+        let ms = until * 1000;
+        assert_eq!(retry_after_at(600, Some(until), ms - 90_000), 90);
+        assert_eq!(
+            retry_after_at(600, Some(until), ms - 89_001),
+            90,
+            "rounded up"
+        );
+        assert_eq!(retry_after_at(600, Some(until), ms - 1), 1);
+        assert_eq!(retry_after_at(600, Some(until), ms + 5_000), 1, "never 0");
+        assert_eq!(retry_after_at(600, None, ms), 600);
     }
 }

@@ -194,6 +194,8 @@ mod tests {
                 paths: vec![],
                 message: None,
                 allow: vec![],
+                from: None,
+                until: None,
             },
             bypass_cookie: "B".into(),
             force_https: false,

@@ -121,11 +121,23 @@ pub async fn maintenance_page(rt: &Runtime, session: &mut Session, ctx: &mut Ctx
         .headers
         .get(http::header::ACCEPT)
         .map(|a| a.as_bytes());
-    let (mut resp, body) = if pages::prefers_json(accept) {
+    let json = pages::prefers_json(accept);
+    let (mut resp, mut body) = if json {
         (page.json_head.clone(), page.json.clone())
     } else {
         (page.html_head.clone(), page.html.clone())
     };
+    if let Some(until) = page.until {
+        // A window with an end: Retry-After counts down to it, and the
+        // page reloads itself when it is over (no script needed).
+        let left = pages::retry_after_at(0, Some(until), crate::state::now_ms());
+        if json {
+            body = page.json_at(left);
+            resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+        }
+        resp.insert_header(http::header::RETRY_AFTER, left)?;
+        resp.insert_header(http::header::REFRESH, left + 1)?;
+    }
     add_hsts(rt, ctx, &mut resp)?;
     discard_small_body(session).await;
     send(session, resp, body).await

@@ -175,7 +175,9 @@ impl Proxy {
         ctx.server = Some(s);
         live.requests_total.fetch_add(1, Relaxed);
         if ctx.tier == Some(Tier::Sticky) {
-            live.last_sticky_ms.store(now_ms(), Relaxed);
+            let now = now_ms();
+            live.last_sticky_ms.store(now, Relaxed);
+            live.sticky_clients.record(ctx.client, now);
         }
     }
 }
@@ -273,8 +275,9 @@ impl ProxyHttp for Proxy {
         let ours = request::read_cookies(rt, req, ctx);
         let snap = rt.snapshot();
         let st = &snap.sites[site_idx];
+        let m = &st.settings;
         let in_maintenance = gate::in_maintenance(
-            st.settings.enabled,
+            gate::switched_on(m.enabled, m.from, m.until, now_ms),
             st.paths.as_ref(),
             req.uri.path(),
             snap.all_maint[site.backend],
