@@ -182,11 +182,13 @@ pub struct AccessEntry<'a> {
     /// The server, or `maintenance`, `error` or `-` for a local answer.
     pub server: &'a str,
     pub micros: u64,
+    /// `HTTP/1.1`, `HTTP/2`, ...
+    pub protocol: &'a str,
     pub error: Option<&'a str>,
 }
 
-/// `client site METHOD /path status backend/server 1.234ms [error=...]`
-/// (CONTRACT section 8), appended to `line`.
+/// `client site METHOD /path status backend/server 1.234ms PROTOCOL
+/// [error=...]` (CONTRACT section 1), appended to `line`.
 pub fn access_line(line: &mut Vec<u8>, e: &AccessEntry) {
     push_ip(line, e.client);
     for field in [e.site, e.method, e.path] {
@@ -210,7 +212,8 @@ pub fn access_line(line: &mut Vec<u8>, e: &AccessEntry) {
         b'0' + (frac / 10 % 10) as u8,
         b'0' + (frac % 10) as u8,
     ]);
-    line.extend_from_slice(b"ms");
+    line.extend_from_slice(b"ms ");
+    line.extend_from_slice(e.protocol.as_bytes());
     if let Some(err) = e.error {
         line.extend_from_slice(b" error=");
         line.extend_from_slice(err.as_bytes());
@@ -322,20 +325,25 @@ mod tests {
             backend: "app",
             server: "app-01",
             micros: 1_234,
+            protocol: "HTTP/1.1",
             error: None,
         };
-        assert_eq!(line(&e), "203.0.113.7 app GET /cart 200 app/app-01 1.234ms");
+        assert_eq!(
+            line(&e),
+            "203.0.113.7 app GET /cart 200 app/app-01 1.234ms HTTP/1.1"
+        );
         let local = AccessEntry {
             backend: "",
             server: "maintenance",
             status: 503,
             micros: 56_007,
             error: Some("ReadTimedout"),
+            protocol: "HTTP/2",
             ..e
         };
         assert_eq!(
             line(&local),
-            "203.0.113.7 app GET /cart 503 maintenance 56.007ms error=ReadTimedout"
+            "203.0.113.7 app GET /cart 503 maintenance 56.007ms HTTP/2 error=ReadTimedout"
         );
     }
 

@@ -412,14 +412,15 @@ fn every_request_gets_one_access_log_line() {
     let r = d.get("/shop/cart?id=7");
     let server = body_name(&r);
     let line = access_line(&d, "/shop/cart");
-    // `[time INFO  access] client site METHOD path status backend/server 1.234ms`
+    // `[time INFO  access] client site METHOD path status backend/server 1.234ms HTTP/1.1`
     let fields: Vec<&str> = line
         .split("access] ")
         .nth(1)
         .unwrap_or_default()
         .split(' ')
         .collect();
-    assert_eq!(fields.len(), 7, "{line}");
+    assert_eq!(fields.len(), 8, "{line}");
+    assert_eq!(fields[7], "HTTP/1.1", "{line}");
     assert_eq!(
         &fields[..6],
         [
@@ -446,7 +447,7 @@ fn every_request_gets_one_access_log_line() {
     let line = access_line(&d, "/gone");
     assert!(
         line.contains("] 127.0.0.1 app GET /gone 503 error ")
-            && line.ends_with("ms error=ConnectRefused"),
+            && line.ends_with("ms HTTP/1.1 error=ConnectRefused"),
         "{line}"
     );
 }

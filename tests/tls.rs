@@ -122,6 +122,20 @@ fn stickiness_and_maintenance_over_h2() {
     let cookie = token["cookie"].as_str().unwrap_or_default().to_string();
     let through = get(&["-i", "-b", &cookie]);
     assert!(through.starts_with("HTTP/2 200"), "{through}");
+    // The access log names the protocol of each request.
+    let logged = |needle: &str| {
+        wait_until(std::time::Duration::from_secs(3), || {
+            d.log_text()
+                .lines()
+                .any(|l| l.contains(" access] ") && l.contains(needle))
+        })
+    };
+    assert!(logged(" 503 maintenance "), "{}", d.log_text());
+    assert!(
+        logged("ms HTTP/2") && !logged("ms HTTP/1.1"),
+        "{}",
+        d.log_text()
+    );
 }
 
 fn json_of(r: &drawbridge::httpc::Response) -> serde_json::Value {

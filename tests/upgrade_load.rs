@@ -302,7 +302,7 @@ fn access_paths(log: &str) -> Vec<(String, String)> {
     log.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(" access] ").nth(1)?.split(' ').collect();
-            // client site METHOD path status backend/server duration
+            // client site METHOD path status backend/server duration protocol
             Some((f.get(3)?.to_string(), f.get(4)?.to_string()))
         })
         .collect()

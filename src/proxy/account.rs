@@ -53,6 +53,13 @@ pub fn account(rt: &Runtime, access_log: bool, session: &Session, e: Option<&Err
         backend: b,
         server: s,
         micros: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        protocol: match req.version {
+            http::Version::HTTP_2 => "HTTP/2",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_09 => "HTTP/0.9",
+            http::Version::HTTP_3 => "HTTP/3",
+            _ => "HTTP/1.1",
+        },
         error: e.map(|e| e.etype().as_str()),
     });
 }
