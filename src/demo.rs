@@ -16,6 +16,42 @@ use std::time::Duration;
 /// The demo configuration, embedded so `demo` runs from anywhere.
 pub const DEMO_CONFIG: &str = include_str!("../conf/demo.yaml");
 
+/// Where the demo keeps its self-signed certificate (`conf/demo.yaml`
+/// names these files).
+pub const DEMO_TLS_DIR: &str = "/tmp/drawbridge-demo/tls";
+
+/// Make the demo's self-signed certificate for `localhost` and 127.0.0.1
+/// unless it is there already. Returns the certificate's path.
+pub fn ensure_demo_certificate() -> Result<PathBuf, String> {
+    let dir = Path::new(DEMO_TLS_DIR);
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if cert.is_file() && key.is_file() {
+        return Ok(cert);
+    }
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .map_err(|e| format!("cannot make the demo certificate: {e}"))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    write_private(&key, made.key_pair.serialize_pem().as_bytes())?;
+    std::fs::write(&cert, made.cert.pem())
+        .map_err(|e| format!("cannot write {}: {e}", cert.display()))?;
+    Ok(cert)
+}
+
+/// Write a file only its owner can read.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 /// Longest delay `/slow` accepts, in milliseconds.
 const MAX_SLOW_MS: u64 = 30_000;
 
@@ -153,6 +189,13 @@ pub fn demo(keep_state: bool) -> i32 {
             return 1;
         }
     };
+    let cacert = match ensure_demo_certificate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
     let config = match crate::config::load(&path) {
         Ok(c) => c,
         Err(problems) => {
@@ -195,11 +238,16 @@ pub fn demo(keep_state: bool) -> i32 {
             }
         }
     }
-    let web = config
-        .listeners
-        .first()
-        .map(|l| l.listen.clone())
-        .unwrap_or_default();
+    let listen = |tls: bool| {
+        config
+            .listeners
+            .iter()
+            .find(|l| l.tls.is_some() == tls)
+            .map(|l| l.listen.clone())
+            .unwrap_or_default()
+    };
+    let (web, websecure) = (listen(false), listen(true));
+    let https_port = websecure.rsplit(':').next().unwrap_or("8443");
     let admin = config.admin.listen.clone();
     let metrics = config.metrics_listen.clone();
     println!(
@@ -207,6 +255,7 @@ pub fn demo(keep_state: bool) -> i32 {
 drawbridge demo: two upstream apps (app-01, app-02) behind the proxy.
 
   proxy     http://{web}/
+            https://localhost:{https_port}/ (HTTP/2; a self-signed certificate in {tls})
   admin     http://{admin}/api/v1/status
   metrics   http://{metrics}/metrics
   config    {cfg}
@@ -214,6 +263,7 @@ drawbridge demo: two upstream apps (app-01, app-02) behind the proxy.
 Try it (in another terminal):
   curl -i http://{web}/                    # balanced, sets a SERVERID cookie
   curl -c jar -b jar http://{web}/        # repeat: stays on one server
+  curl --cacert {cacert} https://localhost:{https_port}/ -v --http2
   drawbridge ctl status
   drawbridge ctl maintenance on app --message "Back at 14:00"
   curl -i http://{web}/                    # 503 maintenance page, Retry-After
@@ -225,7 +275,9 @@ Try it (in another terminal):
 (`drawbridge` is target/release/drawbridge, or `cargo run --release --`.)
 Ctrl-C stops everything.
 "#,
-        cfg = path.display()
+        cfg = path.display(),
+        tls = DEMO_TLS_DIR,
+        cacert = cacert.display(),
     );
     // The upstreams get a moment to listen before the first health check.
     std::thread::sleep(Duration::from_millis(300));
