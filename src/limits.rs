@@ -14,7 +14,9 @@
 //! - `keepalive_timeout` and `client_body_timeout`: Pingora's per-session
 //!   keep-alive and read timeouts, set for each request
 //!   ([`request_started`]); without this, Pingora keeps an HTTP/1.1 client
-//!   idle for as long as it likes (or as its `Keep-Alive` header asks).
+//!   idle for as long as it likes (or as its `Keep-Alive` header asks);
+//!   an HTTP/2 connection with no stream open: Pingora's `h2_idle_timeout`
+//!   (set in [`crate::server`]).
 //!
 //! Pingora accepts every connection it can: one over `max_connections` is
 //! closed at once rather than left in the kernel's backlog (that would take

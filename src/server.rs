@@ -134,7 +134,12 @@ pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
         .enumerate()
         .filter(|(_, l)| l.protocol == Protocol::Http)
         .collect();
-    let app = pingora_proxy::http_proxy(&server.configuration, Proxy::new(rt.clone()));
+    let mut app = pingora_proxy::http_proxy(&server.configuration, Proxy::new(rt.clone()));
+    // An HTTP/2 connection with no stream open is closed after
+    // keepalive_timeout, as an idle HTTP/1.1 keep-alive connection is.
+    let mut options = pingora_core::apps::HttpServerOptions::default();
+    options.h2_idle_timeout = Some(rt.config.limits.keepalive_timeout);
+    app.server_options = Some(options);
     let guarded = match crate::limits::Guarded::new(
         Arc::new(app),
         rt.limiter.clone(),
