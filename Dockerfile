@@ -1,7 +1,7 @@
 # drawbridge container image.
 #
 #   docker build -t drawbridge:local .
-#   docker run --rm -p 8080:8080 -p 127.0.0.1:9090:9090 \
+#   docker run --rm -p 8080:8080 -p 8443:8443 -p 127.0.0.1:9090:9090 \
 #     -e DRAWBRIDGE_ADMIN_TOKEN=... drawbridge:local
 #
 # The default command serves /etc/drawbridge/conf/drawbridge.yaml
@@ -55,6 +55,10 @@ RUN groupadd --system --gid 10001 drawbridge \
 COPY --from=builder /usr/local/bin/drawbridge /usr/local/bin/drawbridge
 COPY static /etc/drawbridge/static
 COPY conf/docker.yaml /etc/drawbridge/conf/drawbridge.yaml
+# A self-signed certificate for the HTTPS listener's first start; mount real
+# ones over these two files (see conf/docker.yaml).
+RUN drawbridge self-signed-cert /etc/drawbridge/tls --name localhost \
+ && chown -R drawbridge:drawbridge /etc/drawbridge/tls
 
 ENV RUST_LOG=info
 WORKDIR /var/lib/drawbridge
@@ -64,8 +68,9 @@ USER drawbridge:drawbridge
 # across container restarts and image upgrades.
 VOLUME /var/lib/drawbridge
 
-# 8080 proxy (http), 9090 admin API and /healthz, 9091 Prometheus /metrics.
-EXPOSE 8080 9090 9091
+# 8080 proxy (http), 8443 proxy (https, HTTP/2), 9090 admin API and
+# /healthz, 9091 Prometheus /metrics.
+EXPOSE 8080 8443 9090 9091
 
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD curl -fsS http://127.0.0.1:9090/healthz || exit 1

@@ -23,14 +23,26 @@ pub const DEMO_TLS_DIR: &str = "/tmp/drawbridge-demo/tls";
 /// Make the demo's self-signed certificate for `localhost` and 127.0.0.1
 /// unless it is there already. Returns the certificate's path.
 pub fn ensure_demo_certificate() -> Result<PathBuf, String> {
-    let dir = Path::new(DEMO_TLS_DIR);
+    self_signed(
+        Path::new(DEMO_TLS_DIR),
+        &["localhost".to_string(), "127.0.0.1".to_string()],
+    )
+}
+
+/// Make a self-signed certificate for `names` as `cert.pem` and `key.pem`
+/// (readable by its owner only) in `dir`, unless both are there already:
+/// for the demo and for a container's first start, until real
+/// certificates are mounted. Returns the certificate's path.
+pub fn self_signed(dir: &Path, names: &[String]) -> Result<PathBuf, String> {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     if cert.is_file() && key.is_file() {
         return Ok(cert);
     }
-    let made =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .map_err(|e| format!("cannot make the demo certificate: {e}"))?;
+    if names.is_empty() {
+        return Err("a self-signed certificate needs at least one name".into());
+    }
+    let made = rcgen::generate_simple_self_signed(names.to_vec())
+        .map_err(|e| format!("cannot make a self-signed certificate: {e}"))?;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     write_private(&key, made.key_pair.serialize_pem().as_bytes())?;
     std::fs::write(&cert, made.cert.pem())

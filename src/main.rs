@@ -55,6 +55,14 @@ enum Cmd {
     },
     /// The admin API client
     Ctl(CtlArgs),
+    /// Write a self-signed certificate (DIR/cert.pem, DIR/key.pem) for a
+    /// first start, unless both files exist
+    SelfSignedCert {
+        dir: PathBuf,
+        /// DNS names or IP addresses it is for
+        #[arg(long = "name", default_values = ["localhost"])]
+        names: Vec<String>,
+    },
 }
 
 fn main() {
@@ -64,7 +72,10 @@ fn main() {
         let _ = e.print();
         std::process::exit(if e.use_stderr() { 1 } else { 0 });
     });
-    if !matches!(cli.cmd, Cmd::Ctl(_) | Cmd::Check { .. }) {
+    if !matches!(
+        cli.cmd,
+        Cmd::Ctl(_) | Cmd::Check { .. } | Cmd::SelfSignedCert { .. }
+    ) {
         drawbridge::logging::init();
     }
     let code = match cli.cmd {
@@ -81,6 +92,16 @@ fn main() {
             exit_with,
         } => drawbridge::demo::upstream(&name, &listen, exit_with),
         Cmd::Ctl(args) => drawbridge::admin::ctl::run(args),
+        Cmd::SelfSignedCert { dir, names } => match drawbridge::demo::self_signed(&dir, &names) {
+            Ok(cert) => {
+                println!("{}", cert.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                1
+            }
+        },
     };
     std::process::exit(code);
 }
