@@ -7,7 +7,8 @@ one line `ready opened=N failed=F` on stdout, holds them until it receives
 SIGTERM/SIGINT or --hold seconds pass, then prints
 `done still_open=K` (connections the proxy had not closed) and exits.
 
-Used by bench/run.sh to measure proxy memory per idle client connection.
+Used by bench/run.sh (and, with --tls, bench/tls.sh) to measure proxy memory
+per idle client connection.
 Loopback only: the target must be 127.0.0.1.
 """
 
@@ -15,6 +16,7 @@ import argparse
 import resource
 import signal
 import socket
+import ssl
 import sys
 import time
 
@@ -84,7 +86,15 @@ def main():
                     help="seconds to hold at most once ready")
     ap.add_argument("--timeout", type=float, default=60.0,
                     help="seconds allowed to set all connections up")
+    ap.add_argument("--tls", action="store_true",
+                    help="HTTPS (HTTP/1.1 by ALPN; the certificate is not verified)")
     args = ap.parse_args()
+    tls = None
+    if args.tls:
+        tls = ssl.create_default_context()
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+        tls.set_alpn_protocols(["http/1.1"])
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         sys.exit("idle_conns.py: loopback targets only")
@@ -120,6 +130,8 @@ def main():
             try:
                 s.settimeout(max(0.01, deadline - time.monotonic()))
                 s.connect((args.host, args.port))
+                if tls is not None:
+                    s = tls.wrap_socket(s, server_hostname="localhost")
                 s.sendall(request)
                 batch.append(s)
             except OSError:
