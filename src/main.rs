@@ -31,6 +31,12 @@ enum Cmd {
         #[arg(long)]
         daemon: bool,
     },
+    /// Check FILE, start a new process on it that takes over the listening
+    /// sockets of the running one, which then finishes its requests and exits
+    Reload {
+        #[arg(short, long, default_value = "conf/drawbridge.yaml")]
+        config: PathBuf,
+    },
     /// Validate a configuration file and exit
     Check {
         #[arg(short, long, default_value = "conf/drawbridge.yaml")]
@@ -74,7 +80,7 @@ fn main() {
     });
     if !matches!(
         cli.cmd,
-        Cmd::Ctl(_) | Cmd::Check { .. } | Cmd::SelfSignedCert { .. }
+        Cmd::Ctl(_) | Cmd::Check { .. } | Cmd::SelfSignedCert { .. } | Cmd::Reload { .. }
     ) {
         drawbridge::logging::init();
     }
@@ -85,6 +91,7 @@ fn main() {
             daemon,
         } => drawbridge::server::run(&config, upgrade, daemon),
         Cmd::Check { config } => drawbridge::server::check(&config),
+        Cmd::Reload { config } => drawbridge::reload::reload(&config),
         Cmd::Demo { keep_state } => drawbridge::demo::demo(keep_state),
         Cmd::DemoUpstream {
             name,

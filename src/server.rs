@@ -81,12 +81,29 @@ pub fn run(path: &Path, upgrade: bool, daemon: bool) -> i32 {
     }
 }
 
+/// Write this process's pid to `path` (temp file, rename), or log why not.
+fn write_pid_file(path: &str) {
+    let tmp = format!("{path}.{}", std::process::id());
+    let done = std::fs::write(&tmp, format!("{}\n", std::process::id()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = done {
+        log::warn!("cannot write the pid file {path}: {e} (`drawbridge reload` needs it)");
+    }
+}
+
 pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
     let settings = config.server.clone();
     let listeners = config.listeners.clone();
     let admin_listen = config.admin.listen.clone();
     let metrics_listen = config.metrics_listen.clone();
     config.warnings.iter().for_each(|w| log::warn!("{w}"));
+    if upgrade {
+        // Found out now, while the running process still has its sockets.
+        if let Err(e) = crate::reload::can_bind(&config) {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    }
     let nofile = crate::limits::raise_nofile();
     let rt = match Runtime::new(config, nofile) {
         Ok(rt) => Arc::new(rt),
@@ -128,6 +145,11 @@ pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
     };
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
+    if !daemon {
+        // In the background Pingora writes it; in the foreground it is ours,
+        // for `reload` to find the running process.
+        write_pid_file(&server.configuration.pid_file);
+    }
 
     let http: Vec<(usize, &config::Listener)> = listeners
         .iter()

@@ -170,7 +170,7 @@ fn generated_in_image() -> Vec<PathBuf> {
         .filter_map(|rest| {
             let words: Vec<&str> = rest.split_whitespace().collect();
             let at = words.iter().position(|w| *w == "self-signed-cert")?;
-            words.get(at + 1).map(|d| PathBuf::from(d))
+            words.get(at + 1).map(PathBuf::from)
         })
         .flat_map(|dir| [dir.join("cert.pem"), dir.join("key.pem")])
         .collect()

@@ -171,7 +171,13 @@ impl ServeHttp for AdminApp {
         let path = req.uri.path().to_string();
         let query = req.uri.query().unwrap_or("").to_string();
         if path == "/healthz" {
-            return build(200, "text/plain", b"ok\n".to_vec());
+            // The pid tells `reload` which process answered.
+            let mut r = build(200, "text/plain", b"ok\n".to_vec());
+            r.headers_mut().insert(
+                "x-drawbridge-pid",
+                http::HeaderValue::from(std::process::id()),
+            );
+            return r;
         }
         if !path.starts_with("/api/") {
             return json_response(

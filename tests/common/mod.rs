@@ -75,70 +75,17 @@ pub fn port_of(addr: &str) -> u16 {
         .unwrap_or_else(|| panic!("no port in {addr:?}"))
 }
 
-/// The inodes of the listening TCP sockets on `port` (any local address).
-fn listening_inodes(port: u16) -> Vec<u64> {
-    let mut out = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        for line in read(Path::new(table)).lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
-                continue;
-            };
-            let p = local
-                .rsplit(':')
-                .next()
-                .and_then(|h| u16::from_str_radix(h, 16).ok());
-            if *state == "0A" && p == Some(port) {
-                out.extend(inode.parse::<u64>().ok());
-            }
-        }
-    }
-    out
-}
-
 /// Whether process `pid` itself listens on TCP `port`: a server answering
 /// on the port may otherwise be another test's process that got it first.
 pub fn listens_on(pid: u32, port: u16) -> bool {
     owns_socket(pid, &listening_inodes(port))
 }
 
-/// Whether process `pid` has one of the sockets `inodes` open.
-pub fn owns_socket(pid: u32, inodes: &[u64]) -> bool {
-    if inodes.is_empty() {
-        return false;
-    }
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    fds.flatten().any(|fd| {
-        std::fs::read_link(fd.path()).is_ok_and(|target| {
-            let t = target.to_string_lossy();
-            t.strip_prefix("socket:[")
-                .and_then(|r| r.strip_suffix(']'))
-                .and_then(|n| n.parse::<u64>().ok())
-                .is_some_and(|n| inodes.contains(&n))
-        })
-    })
-}
+pub use drawbridge::procfs::{listening_inodes, owns_socket};
 
 /// Whether process `pid` listens on the unix socket at `path`.
 pub fn listens_on_unix(pid: u32, path: &Path) -> bool {
-    let path = path.to_string_lossy();
-    // Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 is
-    // __SO_ACCEPTCON, set by listen(2).
-    let inodes: Vec<u64> = read(Path::new("/proc/net/unix"))
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
-            (f.get(7) == Some(&&*path) && flags & 0x10000 != 0)
-                .then(|| f.get(6)?.parse().ok())
-                .flatten()
-        })
-        .collect();
-    owns_socket(pid, &inodes)
+    owns_socket(pid, &drawbridge::procfs::listening_unix_inodes(path))
 }
 
 /// How a server process started on picked ports came up.

@@ -1,0 +1,194 @@
+//! `drawbridge reload -c FILE` (CONTRACT section 11): a changed file taken
+//! over under load without a failed request, the runtime state kept; a
+//! file `check` refuses changes nothing; a new process that cannot start
+//! leaves the old one serving.
+
+mod common;
+
+use common::*;
+use drawbridge::httpc::Request;
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The pid that answers the admin API's /healthz.
+fn serving_pid(d: &Drawbridge) -> Option<u32> {
+    let r = d.api("GET", "/healthz", None);
+    r.header("x-drawbridge-pid").and_then(|p| p.parse().ok())
+}
+
+fn reload(config: &std::path::Path) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("reload").arg("-c").arg(config);
+    run_bounded(cmd)
+}
+
+/// Kills the process a reload started (not a child of the test) on drop.
+struct Adopted(Option<u32>);
+
+impl Drop for Adopted {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+#[test]
+fn a_changed_file_is_taken_over_under_load_with_the_state_kept() {
+    let (a, b, c) = (
+        Upstream::start("app-01"),
+        Upstream::start("app-02"),
+        Upstream::start("app-03"),
+    );
+    let d = Arc::new(Drawbridge::start(&two_server_yaml(&a.addr, &b.addr)));
+    let old = serving_pid(&d).expect("pid");
+    // Runtime state: app-02 drains; a sticky client is on app-01.
+    let r = d.api(
+        "PUT",
+        "/api/v1/backends/app/servers/app-02/state",
+        Some(r#"{"state":"drain"}"#),
+    );
+    assert_eq!(r.status, 200);
+    let first = d.get("/");
+    assert_eq!(first.text().trim(), "app-01");
+    let cookie = format!(
+        "SERVERID={}",
+        set_cookie_value(&first, "SERVERID").expect("cookie")
+    );
+
+    // Steady load: requests on new connections, every answer counted.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (d, stop, ok, failed) = (d.clone(), stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let r = drawbridge::httpc::request(
+                    &d.web,
+                    &Request::new("GET", "/"),
+                    Duration::from_secs(5),
+                );
+                match r {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+
+    // The file gains a server and a site.
+    let text = read(&d.config)
+        .replace(
+            "      - { name: app-02, addr: \"",
+            &format!(
+                "      - {{ name: app-03, addr: \"{}\" }}\n      - {{ name: app-02, addr: \"",
+                c.addr
+            ),
+        )
+        .replace(
+            "sites:\n",
+            "sites:\n  - { name: shop, hosts: [shop.test], backend: app }\n",
+        );
+    std::fs::write(&d.config, text).expect("write the config");
+    let o = reload(&d.config);
+    let new = serving_pid(&d);
+    let _adopted = Adopted(new.filter(|p| *p != old));
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(err(&o).contains("serves"), "{}", err(&o));
+    assert_ne!(new, Some(old), "the new process answers");
+
+    // The old process finishes and exits; the new one serves alone.
+    let mut d = Arc::into_inner(stop_load(load, &stop, d)).expect("one owner");
+    assert!(
+        wait_until(Duration::from_secs(15), || d.proc.exited()),
+        "the old process did not exit"
+    );
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests");
+    assert!(ok.load(Ordering::Relaxed) > 20);
+    // The new server takes new clients once healthy; the state carried over.
+    assert!(wait_until(Duration::from_secs(5), || d
+        .get("/")
+        .text()
+        .trim()
+        == "app-03"));
+    for _ in 0..5 {
+        let r = d.send(Request::new("GET", "/").header("Cookie", cookie.clone()));
+        assert_eq!(r.text().trim(), "app-01", "the sticky client stays");
+    }
+    let s = d.api("GET", "/api/v1/backends/app/servers/app-02", None);
+    assert_eq!(json(&s)["state"], "drain");
+    assert_eq!(d.api("GET", "/api/v1/sites/shop", None).status, 200);
+    drop((a, b, c));
+}
+
+fn stop_load(
+    load: std::thread::JoinHandle<()>,
+    stop: &AtomicBool,
+    d: Arc<Drawbridge>,
+) -> Arc<Drawbridge> {
+    // A few seconds more of load across the old process's exit.
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    load.join().expect("load thread");
+    d
+}
+
+#[test]
+fn a_file_check_refuses_changes_nothing() {
+    let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
+    let d = Drawbridge::start(&two_server_yaml(&a.addr, &b.addr));
+    let old = serving_pid(&d);
+    let bad = d.dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        read(&d.config).replace("balance: round_robin", "balance: fastest"),
+    )
+    .expect("write");
+    let o = reload(&bad);
+    assert_eq!(o.status.code(), Some(1));
+    let mut check = Command::new(BIN);
+    check.arg("check").arg("-c").arg(&bad);
+    let checked = run_bounded(check);
+    let first_line = err(&checked).lines().next().unwrap_or_default().to_string();
+    assert!(!first_line.is_empty());
+    assert!(err(&o).contains(&first_line), "{}", err(&o));
+    assert!(err(&o).contains("nothing changed"), "{}", err(&o));
+    assert_eq!(serving_pid(&d), old);
+    assert_eq!(d.get("/").status, 200);
+}
+
+#[test]
+fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
+    let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
+    let d = Drawbridge::start(&two_server_yaml(&a.addr, &b.addr));
+    let old = serving_pid(&d);
+    // A new listener on a port another program holds.
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let next = d.dir.path().join("next.yaml");
+    std::fs::write(
+        &next,
+        read(&d.config).replace(
+            "listeners:\n",
+            &format!("listeners:\n  - {{ name: more, listen: \"{addr}\" }}\n"),
+        ),
+    )
+    .expect("write");
+    let o = reload(&next);
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert!(err(&o).contains("keeps serving"), "{}", err(&o));
+    assert!(
+        d.log_text().contains(&format!("{addr} is in use")),
+        "{}",
+        d.log_text()
+    );
+    // Still the old process, still serving, for a while after.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(serving_pid(&d), old);
+    assert_eq!(d.get("/").status, 200);
+    drop(taken);
+}
