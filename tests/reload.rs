@@ -95,11 +95,16 @@ fn a_changed_file_is_taken_over_under_load_with_the_state_kept() {
         );
     std::fs::write(&d.config, text).expect("write the config");
     let o = reload(&d.config);
-    let new = serving_pid(&d);
-    let _adopted = Adopted(new.filter(|p| *p != old));
+    // Both processes answer until the old one stops accepting.
+    let mut new = None;
+    wait_until(Duration::from_secs(10), || {
+        new = serving_pid(&d).filter(|p| *p != old);
+        new.is_some()
+    });
+    let _adopted = Adopted(new);
     assert!(o.status.success(), "{}", err(&o));
     assert!(err(&o).contains("serves"), "{}", err(&o));
-    assert_ne!(new, Some(old), "the new process answers");
+    assert!(new.is_some(), "the new process answers");
 
     // The old process finishes and exits; the new one serves alone.
     let mut d = Arc::into_inner(stop_load(load, &stop, d)).expect("one owner");
