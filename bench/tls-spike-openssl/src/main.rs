@@ -68,7 +68,10 @@ fn load_cert(pem: &Path, key: &Path) -> std::result::Result<Cert, String> {
         .map(|p| p.public_eq(&key))
         .unwrap_or(false);
     if !matches {
-        return Err(format!("{}: key does not match the certificate", pem.display()));
+        return Err(format!(
+            "{}: key does not match the certificate",
+            pem.display()
+        ));
     }
     Ok(Cert {
         leaf,
@@ -101,7 +104,8 @@ fn load_dir(dir: &Path) -> std::result::Result<CertSet, String> {
             default = Some(cert);
         }
     }
-    let default = default.ok_or_else(|| format!("{}: no default.pem/default.key", dir.display()))?;
+    let default =
+        default.ok_or_else(|| format!("{}: no default.pem/default.key", dir.display()))?;
     Ok(CertSet { by_name, default })
 }
 
@@ -178,7 +182,9 @@ fn spawn_reloader(dir: String, certs: Arc<ArcSwap<CertSet>>) -> std::io::Result<
                             certs.store(Arc::new(set));
                             eprintln!("tls-spike-openssl: reloaded {dir} ({n} names)");
                         }
-                        Err(e) => eprintln!("tls-spike-openssl: reload failed, kept the old set: {e}"),
+                        Err(e) => {
+                            eprintln!("tls-spike-openssl: reload failed, kept the old set: {e}")
+                        }
                     }
                 }
             })
