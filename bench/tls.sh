@@ -144,6 +144,6 @@ for w in new h2 https1; do
   done
   echo "$line"
 done
-mem=()
-for p in "${proxies[@]}"; do mem+=("$p $(awk '/VmRSS/ {print $2}' "/proc/${pid[$p]}/status")"); done
-(IFS=,; echo "memory (RSS, KB): ${mem[*]}" | sed 's/,/, /g')
+mem=""
+for p in "${proxies[@]}"; do mem+="${mem:+, }$p $(awk '/VmRSS/ {print $2}' "/proc/${pid[$p]}/status")"; done
+echo "memory (RSS, KB): $mem"
