@@ -84,7 +84,8 @@ for p in "${proxies[@]}"; do
              port[$p]=28443 ;;
     drawbridge) RUST_LOG=warn "$BIN" run -c "$W/drawbridge.yaml" >"$W/drawbridge.log" 2>&1 &
                 port[$p]=29443 ;;
-    openssl-spike) mkdir -p "$W/certs"
+    openssl-spike) [ -x "$SPIKE" ] || { echo "no $SPIKE (cargo build --release in bench/tls-spike-openssl)" >&2; exit 2; }
+                   mkdir -p "$W/certs"
                    cp "$FIX/default.pem" "$FIX/default.key" "$W/certs/"
                    "$SPIKE" 127.0.0.1:30443 "$W/certs" 127.0.0.1:28081 127.0.0.1:28082 >"$W/spike.log" 2>&1 &
                    port[$p]=30443 ;;
