@@ -10,13 +10,23 @@
 #   h2      HTTP/2 over kept connections (h2load -c 64 -m 10)
 #   https1  HTTPS/1.1 keep-alive (wrk -t1 -c64)
 #
+# PROXIES picks and orders the proxies (default haproxy,drawbridge; the
+# first is the reference of the ratios); openssl-spike is the OpenSSL build
+# of bench/tls-spike-openssl (same certificate, chosen in its certificate
+# callback), for choosing the TLS backend (bench/README.md).
+#
+#   PROXIES=haproxy,drawbridge,openssl-spike ROUNDS=3 DURATION=4 bench/tls.sh
+#
 # Needs haproxy, h2load (nghttp2-client) and wrk; builds nothing (uses
-# target/release/drawbridge). Stops by itself.
+# target/release/drawbridge, or BIN=...; the spike's release binary, or
+# SPIKE=...). Stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
-BIN=target/release/drawbridge
+BIN=${BIN:-target/release/drawbridge}
+SPIKE=${SPIKE:-bench/tls-spike-openssl/target/release/tls-spike-openssl}
+IFS=, read -r -a proxies <<<"${PROXIES:-haproxy,drawbridge}"
 FIX=tests/fixtures/tls
 W=$(mktemp -d /tmp/drawbridge-tls-bench.XXXXXX)
 pids=()
@@ -67,10 +77,22 @@ for i in 1 2; do
   "$BIN" demo-upstream --name "app-0$i" --listen "127.0.0.1:2808$i" >"$W/up$i.log" 2>&1 &
   pids+=($!)
 done
-haproxy -f "$W/haproxy.cfg" -db >"$W/haproxy.log" 2>&1 &
-pids+=($!); hp=$!
-RUST_LOG=warn "$BIN" run -c "$W/drawbridge.yaml" >"$W/drawbridge.log" 2>&1 &
-pids+=($!); db=$!
+declare -A pid port
+for p in "${proxies[@]}"; do
+  case $p in
+    haproxy) haproxy -f "$W/haproxy.cfg" -db >"$W/haproxy.log" 2>&1 &
+             port[$p]=28443 ;;
+    drawbridge) RUST_LOG=warn "$BIN" run -c "$W/drawbridge.yaml" >"$W/drawbridge.log" 2>&1 &
+                port[$p]=29443 ;;
+    openssl-spike) [ -x "$SPIKE" ] || { echo "no $SPIKE (cargo build --release in bench/tls-spike-openssl)" >&2; exit 2; }
+                   mkdir -p "$W/certs"
+                   cp "$FIX/default.pem" "$FIX/default.key" "$W/certs/"
+                   "$SPIKE" 127.0.0.1:30443 "$W/certs" 127.0.0.1:28081 127.0.0.1:28082 >"$W/spike.log" 2>&1 &
+                   port[$p]=30443 ;;
+    *) echo "unknown proxy $p (haproxy, drawbridge, openssl-spike)" >&2; exit 2 ;;
+  esac
+  pids+=($!); pid[$p]=$!
+done
 sleep 2
 
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
@@ -90,25 +112,39 @@ run() {
   echo "${n:-0}"
 }
 
-printf '%-8s %-11s %12s %12s %8s\n' workload proxy requests cpu_s req/cpu_s
+wp=11; for p in "${proxies[@]}"; do [ ${#p} -gt $wp ] && wp=${#p}; done
+printf "%-8s %-${wp}s %12s %12s %8s\n" workload proxy requests cpu_s req/cpu_s
 declare -A sum
 for w in new h2 https1; do
   for r in $(seq "$ROUNDS"); do
-    for p in haproxy drawbridge; do
-      if [ $p = haproxy ]; then pid=$hp; port=28443; else pid=$db; port=29443; fi
-      c0=$(cpu "$pid"); n=$(run "$w" "$port"); c1=$(cpu "$pid")
+    for p in "${proxies[@]}"; do
+      c0=$(cpu "${pid[$p]}"); n=$(run "$w" "${port[$p]}"); c1=$(cpu "${pid[$p]}")
       s=$(awk -v a="$c0" -v b="$c1" -v t="$tck" 'BEGIN {printf "%.2f", (b-a)/t}')
       rate=$(awk -v n="$n" -v s="$s" 'BEGIN {printf "%.0f", (s>0)?n/s:0}')
-      printf '%-8s %-11s %12s %12s %8s\n' "$w" "$p" "$n" "$s" "$rate"
+      printf "%-8s %-${wp}s %12s %12s %8s\n" "$w" "$p" "$n" "$s" "$rate"
       sum[$w,$p]="${sum[$w,$p]:-} $rate"
     done
   done
 done
 echo
-echo "median req/CPU-s, drawbridge/HAProxy:"
+label() { if [ "$1" = haproxy ]; then echo HAProxy; else echo "$1"; fi; }
+ref=${proxies[0]}
+others=("${proxies[@]:1}")
+if [ ${#others[@]} -eq 1 ]; then
+  echo "median req/CPU-s, ${others[0]}/$(label "$ref"):"
+else
+  echo "median req/CPU-s, ratios to $(label "$ref"):"
+fi
 median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
 for w in new h2 https1; do
-  h=$(median "${sum[$w,haproxy]}"); d=$(median "${sum[$w,drawbridge]}")
-  awk -v w="$w" -v h="$h" -v d="$d" 'BEGIN {printf "  %-7s HAProxy %8.0f  drawbridge %8.0f  ratio %.2fx\n", w, h, d, (h>0)?d/h:0}'
+  h=$(median "${sum[$w,$ref]}")
+  line=$(awk -v w="$w" -v l="$(label "$ref")" -v h="$h" 'BEGIN {printf "  %-7s %s %8.0f", w, l, h}')
+  for p in "${others[@]}"; do
+    d=$(median "${sum[$w,$p]}")
+    line+=$(awk -v l="$p" -v h="$h" -v d="$d" 'BEGIN {printf "  %s %8.0f  ratio %.2fx", l, d, (h>0)?d/h:0}')
+  done
+  echo "$line"
 done
-echo "memory (RSS, KB): haproxy $(awk '/VmRSS/ {print $2}' /proc/$hp/status), drawbridge $(awk '/VmRSS/ {print $2}' /proc/$db/status)"
+mem=""
+for p in "${proxies[@]}"; do mem+="${mem:+, }$p $(awk '/VmRSS/ {print $2}' "/proc/${pid[$p]}/status")"; done
+echo "memory (RSS, KB): $mem"
