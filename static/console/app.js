@@ -257,7 +257,7 @@ function showSecret(box, t, site) {
   const cookie = t.cookie;
   const name = t.cookie_name || cookie.split('=')[0];
   const host = (site.hosts && site.hosts[0]) || 'the site';
-  const hide = el('button', { type: 'button', onclick: () => { box.hidden = true; box.replaceChildren(); } }, 'Hide');
+  const hide = el('button', { type: 'button', 'data-action': 'bypass-hide', onclick: () => { box.hidden = true; box.replaceChildren(); } }, 'Hide');
   box.replaceChildren(
     el('strong', { text: 'Shown once: copy it now. Valid until ' + t.expires + '.' }),
     el('p', {}, 'Cookie: ', el('code', { 'data-output': 'cookie', text: cookie })),
@@ -339,7 +339,7 @@ function serverCard(backend, server) {
   const drain = el('div', { class: 'drain', role: 'status', 'aria-live': 'polite', 'data-output': 'drain', hidden: true });
   v.badge = badge; v.facts = facts; v.drain = drain; v.weight = weight; v.state = server.state;
   state.servers.set(key, v);
-  return el('article', { class: 'card', 'data-server': key, 'aria-labelledby': 'server-' + key },
+  return v.card = el('article', { class: 'card', 'data-server': key, 'aria-labelledby': 'server-' + key },
     el('h3', { id: 'server-' + key }, server.name + ' ', badge),
     el('p', { class: 'meta', text: server.addr + (server.backup ? ' (backup)' : '') }),
     facts,
@@ -359,6 +359,7 @@ function updateServer(server) {
   const v = state.servers.get(server.backend + '/' + server.name);
   if (!v) return;
   v.state = server.state;
+  v.card.setAttribute('data-inflight', String(server.inflight));
   v.badge.textContent = server.state + ', ' + server.health;
   v.badge.className = 'badge ' + (server.health !== 'up' ? 'bad' : server.state === 'ready' ? 'ok' : 'warn');
   v.badge.setAttribute('data-state', server.state);
