@@ -336,7 +336,7 @@ function serverCard(backend, server) {
       change('PUT', base + '/weight', { weight: Number(weight.value) }, 'Server ' + key + ': weight ' + weight.value + '.');
     },
   }, 'Set weight');
-  const drain = el('div', { class: 'drain', role: 'status', 'aria-live': 'polite', 'data-output': 'drain', hidden: true });
+  const drain = el('div', { class: 'drain', 'data-output': 'drain', hidden: true });
   v.badge = badge; v.facts = facts; v.drain = drain; v.weight = weight; v.state = server.state;
   state.servers.set(key, v);
   return v.card = el('article', { class: 'card', 'data-server': key, 'aria-labelledby': 'server-' + key },
@@ -378,6 +378,8 @@ function updateServer(server) {
     v.drain.hidden = true;
     v.drain.className = 'drain';
     v.drain.replaceChildren();
+    v.verdict = null;
+    v.figures = null;
     v.drain.removeAttribute('data-safe');
   }
 }
@@ -405,19 +407,21 @@ async function drainViews(status) {
   await Promise.all(out);
 }
 
+// The verdict is a live region (announced when it changes); the figures,
+// which change every second, are not.
 function showDrain(v, d, idle) {
   const since = d.seconds_since_sticky;
   const safe = d.drained === true;
-  const lines = [
-    el('strong', { text: safe ? 'Safe to stop' : 'Draining: not yet safe to stop' }),
-    el('span', { text: 'In flight: ' + d.inflight + '. ' }),
-    el('span', {
-      text: since === null || since === undefined
-        ? 'No sticky request seen.'
-        : 'Last sticky request ' + since + ' s ago (needs ' + idle + ' s).',
-    }),
-  ];
-  v.drain.replaceChildren(...lines);
+  if (!v.verdict) {
+    v.verdict = el('strong', { role: 'status', 'aria-live': 'polite' });
+    v.figures = el('span');
+    v.drain.replaceChildren(v.verdict, v.figures);
+  }
+  const verdict = safe ? 'Safe to stop' : 'Draining: not yet safe to stop';
+  if (v.verdict.textContent !== verdict) v.verdict.textContent = verdict;
+  v.figures.textContent = 'In flight: ' + d.inflight + '. ' + (since === null || since === undefined
+    ? 'No sticky request seen.'
+    : 'Last sticky request ' + since + ' s ago (needs ' + idle + ' s).');
   v.drain.className = 'drain' + (safe ? ' safe' : '');
   v.drain.setAttribute('data-safe', String(safe));
   v.drain.hidden = false;

@@ -181,7 +181,7 @@ def scenario(d):
     result = {}
 
     def slow():
-        result["status"], result["body"] = proxy_get("/slow?ms=8000", cookie=STICKY, timeout=20)
+        result["status"], result["body"] = proxy_get("/slow?ms=12000", cookie=STICKY, timeout=30)
 
     t = threading.Thread(target=slow)
     t.start()
@@ -194,7 +194,7 @@ def scenario(d):
          "the drain view: not yet safe")
     assert "not yet safe" in text_of(d, drain) and "In flight: 1" in text_of(d, drain), text_of(d, drain)
     log("draining with a request in flight: " + text_of(d, drain).replace("\n", " "))
-    t.join(20)
+    t.join(30)
     assert result.get("status") == 200 and result.get("body", "").strip() == "app-01", result
     wait(d, lambda d: d.find_element(By.CSS_SELECTOR, drain).get_attribute("data-safe") == "true",
          "the drain view: safe to stop")
