@@ -343,6 +343,10 @@ fn the_console_in_a_headless_browser() {
         return;
     };
     let (d, _a, _b) = start(true);
+    assert_eq!(
+        bearer(&d, "/api/v1/backends/app/servers/app-02")["weight"],
+        1
+    );
     let (shots, _keep) = screenshot_dir();
     let sticky = format!(
         "SERVERID={}",
@@ -408,6 +412,8 @@ fn the_console_in_a_headless_browser() {
     // What the page did went through the API: the state says so.
     let app01 = bearer(&d, "/api/v1/backends/app/servers/app-01");
     assert_eq!(app01["state"], "ready", "the page set app-01 back to ready");
+    let app02 = bearer(&d, "/api/v1/backends/app/servers/app-02");
+    assert_eq!(app02["weight"], 3, "the weight set with the keyboard");
     assert!(!maintenance_on(&d));
     assert!(d.log_text().contains("console logout"));
 }

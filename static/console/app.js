@@ -360,6 +360,7 @@ function updateServer(server) {
   if (!v) return;
   v.state = server.state;
   v.card.setAttribute('data-inflight', String(server.inflight));
+  v.card.setAttribute('data-weight', String(server.weight));
   v.badge.textContent = server.state + ', ' + server.health;
   v.badge.className = 'badge ' + (server.health !== 'up' ? 'bad' : server.state === 'ready' ? 'ok' : 'warn');
   v.badge.setAttribute('data-state', server.state);

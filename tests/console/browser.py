@@ -25,6 +25,7 @@ from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -132,6 +133,21 @@ def scenario(d):
     assert "drawbridge_console" not in d.execute_script("return document.cookie"), \
         "the session cookie is readable by scripts"
     log("logged in")
+
+    # Every field has a label, and a weight is set with the keyboard alone:
+    # type it, Tab to the button, Enter.
+    unlabelled = d.execute_script(
+        "return [...document.querySelectorAll('input')].filter(i => i.labels.length === 0).map(i => i.id)")
+    assert unlabelled == [], f"inputs without a label: {unlabelled}"
+    weight = d.find_element(By.CSS_SELECTOR, '[data-server="app/app-02"] [data-input=weight]')
+    weight.clear()
+    weight.send_keys("3", Keys.TAB)
+    focused = d.switch_to.active_element
+    assert focused.get_attribute("data-action") == "weight", "Tab did not reach the Set weight button"
+    focused.send_keys(Keys.ENTER)
+    wait(d, lambda d: d.find_element(By.CSS_SELECTOR, '[data-server="app/app-02"]').get_attribute("data-weight") == "3",
+         "weight 3 on app-02, set with the keyboard")
+    log("weight set with the keyboard")
 
     # Maintenance on, with a message: the page says so and the proxy answers 503.
     status, _ = proxy_get("/")
