@@ -207,6 +207,7 @@ pub fn demo(keep_state: bool) -> i32 {
 drawbridge demo: two upstream apps (app-01, app-02) behind the proxy.
 
   proxy     http://{web}/
+  console   http://{admin}/               (the browser console)
   admin     http://{admin}/api/v1/status
   metrics   http://{metrics}/metrics
   config    {cfg}
