@@ -268,6 +268,7 @@ drawbridge demo: two upstream apps (app-01, app-02) behind the proxy.
 
   proxy     http://{web}/
             https://localhost:{https_port}/ (HTTP/2; a self-signed certificate in {tls})
+  console   http://{admin}/               (the browser console)
   admin     http://{admin}/api/v1/status
   metrics   http://{metrics}/metrics
   config    {cfg}

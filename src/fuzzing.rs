@@ -328,7 +328,7 @@ fn token_payload(token: &[u8]) -> Option<(u64, Vec<u8>)> {
 ///
 /// Properties: every request is answered, within 10 s, with a status in
 /// 200..=599 and a JSON body (`{"error": ...}` for 4xx and 5xx), except
-/// `/healthz`, answered `200 ok`; a `GET`
+/// `/healthz`, answered `200 ok`, and the console's page and assets; a `GET`
 /// or an answer other than 2xx changes nothing; after every answer, the
 /// state file holds exactly the state in force.
 pub fn admin_body(data: &[u8]) {
@@ -373,6 +373,7 @@ pub fn admin_body(data: &[u8]) {
             status,
             is_get,
             health,
+            page,
             body,
         }) = answer
         else {
@@ -387,14 +388,18 @@ pub fn admin_body(data: &[u8]) {
             assert_eq!((status, &body[..]), (200, &b"ok\n"[..]), "/healthz");
             continue;
         }
-        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|e| {
-            panic!("status {status} for {request:?}: the body is not JSON ({e})")
-        });
-        if status >= 400 {
-            assert!(
-                json["error"].is_string(),
-                "status {status} for {request:?} without an error message: {json}"
-            );
+        // The console's page and assets are served as they are; every
+        // other answer is JSON.
+        if !(page && status == 200) {
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|e| {
+                panic!("status {status} for {request:?}: the body is not JSON ({e})")
+            });
+            if status >= 400 {
+                assert!(
+                    json["error"].is_string(),
+                    "status {status} for {request:?} without an error message: {json}"
+                );
+            }
         }
         let after = in_force(rt);
         if is_get || !(200..300).contains(&status) {
@@ -422,6 +427,8 @@ struct Answer {
     is_get: bool,
     /// The request was for the liveness probe, `/healthz`.
     health: bool,
+    /// The request was for the console's page or one of its assets.
+    page: bool,
     body: Vec<u8>,
 }
 
@@ -435,11 +442,13 @@ async fn answer(app: &AdminApp, raw: Vec<u8>) -> Option<Answer> {
     let req = session.req_header();
     let is_get = req.method == http::Method::GET;
     let health = req.uri.path() == "/healthz";
+    let page = crate::admin::console::is_page(req.uri.path());
     let response = app.response(&mut session).await;
     Some(Answer {
         status: response.status().as_u16(),
         is_get,
         health,
+        page,
         body: response.into_body(),
     })
 }

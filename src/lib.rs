@@ -11,14 +11,15 @@
 //!   ([`policy::route`]), the maintenance gate and bypass ([`policy::gate`],
 //!   [`policy::bypass`]), server choice ([`policy::select`]), sticky cookies
 //!   ([`policy::sticky`]), local pages ([`policy::pages`]), failure statuses
-//!   ([`policy::errors`]) and the drain verdict ([`policy::drain`]).
+//!   ([`policy::errors`]), the drain verdict ([`policy::drain`]) and the
+//!   admin listener's cross-site rule ([`policy::origin`]).
 //! - [`wire`], [`logging`], [`metrics`], [`sketch`]: text on the hot path,
 //!   the batched access log, Prometheus metrics, distinct-client counts.
 //! - [`state`]: the runtime: the operators' decisions in one snapshot behind
 //!   arc-swap, live per-server figures, the state file.
 //! - Services: [`proxy`] (Pingora's HTTP phases), [`tcp`] (Layer-4
 //!   listeners), [`health`] (health checks), [`schedule`] (maintenance
-//!   windows), [`admin`] (the API and `ctl`),
+//!   windows), [`admin`] (the API, the console and `ctl`), [`reload`],
 //!   [`server`] (wires them into a Pingora server), [`demo`], and [`httpc`]
 //!   (a small HTTP/1.1 client for `ctl` and the tests).
 

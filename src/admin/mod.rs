@@ -3,7 +3,9 @@
 //! on disk before the answer is sent and in force for the next request.
 
 mod api;
+pub mod console;
 pub mod ctl;
+pub mod session;
 
 use crate::state::Runtime;
 use async_trait::async_trait;
@@ -53,11 +55,91 @@ pub type ApiResult = Result<(u16, serde_json::Value), ApiError>;
 
 pub struct AdminApp {
     rt: Arc<Runtime>,
+    sessions: session::Sessions,
 }
 
 impl AdminApp {
     pub fn new(rt: Arc<Runtime>) -> AdminApp {
-        AdminApp { rt }
+        AdminApp {
+            rt,
+            sessions: session::Sessions::default(),
+        }
+    }
+
+    /// Whether a request may use the API: a change with another site's
+    /// `Origin` never; with a token configured, its bearer token, or else a
+    /// console session (and, for a change, the session's CSRF token);
+    /// without one, a loopback client as [`authorize`] says.
+    fn admit(&self, f: &Facts) -> Result<(), ApiError> {
+        console::refuse_cross_site(f)?;
+        let token = self.rt.config.admin.token.as_deref();
+        if token.is_some() && f.authorization.is_none() {
+            if let Some(id) = &f.session {
+                let csrf = self
+                    .sessions
+                    .csrf(id, std::time::Instant::now())
+                    .ok_or_else(|| {
+                        ApiError::new(401, "the console session has ended: log in again")
+                    })?;
+                if f.changes() && !session::csrf_matches(&csrf, f.csrf.as_deref()) {
+                    return Err(console::csrf_refused());
+                }
+                return Ok(());
+            }
+        }
+        authorize(
+            token,
+            f.authorization.as_deref(),
+            f.peer,
+            f.host.as_deref(),
+            &self.rt.config.admin.listen,
+        )
+    }
+}
+
+/// What the admin service looks at in a request, copied out of it (the
+/// body is read afterwards).
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub method: Method,
+    pub host: Option<Vec<u8>>,
+    pub origin: Option<Vec<u8>>,
+    pub authorization: Option<Vec<u8>>,
+    /// The console session cookie's value.
+    pub session: Option<Vec<u8>>,
+    /// The `X-Drawbridge-CSRF` header.
+    pub csrf: Option<Vec<u8>>,
+    pub peer: Option<IpAddr>,
+}
+
+impl Facts {
+    fn of(session: &ServerSession) -> Facts {
+        let req = session.req_header();
+        let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes().to_vec());
+        let cookies: Vec<Vec<u8>> = req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect();
+        Facts {
+            method: req.method.clone(),
+            host: header("host"),
+            origin: header("origin"),
+            authorization: header("authorization"),
+            session: console::session_id(&cookies),
+            csrf: header(console::CSRF_HEADER),
+            peer: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+        }
+    }
+
+    /// Whether the request may change something: any method but GET and
+    /// HEAD.
+    pub fn changes(&self) -> bool {
+        self.method != Method::GET && self.method != Method::HEAD
     }
 }
 
@@ -167,7 +249,6 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, ApiError> {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
-        let method = req.method.clone();
         let path = req.uri.path().to_string();
         let query = req.uri.query().unwrap_or("").to_string();
         if path == "/healthz" {
@@ -179,31 +260,55 @@ impl ServeHttp for AdminApp {
             );
             return r;
         }
+        let f = Facts::of(session);
+        let method = f.method.clone();
+        if let Some((ctype, text)) = console::asset(&path) {
+            if method != Method::GET && method != Method::HEAD {
+                return json_response(
+                    405,
+                    &serde_json::json!({"error": format!("method {method} not allowed here, use GET")}),
+                );
+            }
+            return page(ctype, text);
+        }
+        if path.starts_with("/console/") {
+            let body = if f.changes() {
+                read_body(session).await
+            } else {
+                Ok(Vec::new())
+            };
+            let answer = match body {
+                Ok(body) => console::endpoint(
+                    self.rt.config.admin.token.as_deref(),
+                    &self.rt.config.admin.listen,
+                    &self.sessions,
+                    &f,
+                    &path,
+                    &body,
+                ),
+                Err(e) => console::Answer::from(e),
+            };
+            let mut response = json_response(answer.status, &answer.body);
+            if let Some(cookie) = answer.set_cookie {
+                if let Ok(v) = http::HeaderValue::from_str(&cookie) {
+                    response.headers_mut().insert(http::header::SET_COOKIE, v);
+                }
+            }
+            return response;
+        }
         if !path.starts_with("/api/") {
             return json_response(
                 404,
                 &serde_json::json!({"error": format!("no such path {path}")}),
             );
         }
-        let auth = authorize(
-            self.rt.config.admin.token.as_deref(),
-            req.headers
-                .get(http::header::AUTHORIZATION)
-                .map(|v| v.as_bytes()),
-            session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
-            req.headers.get(http::header::HOST).map(|v| v.as_bytes()),
-            &self.rt.config.admin.listen,
-        );
-        let result = match auth {
+        let result = match self.admit(&f) {
             Err(e) => Err(e),
             Ok(()) => {
-                let body = if method == Method::GET || method == Method::HEAD {
-                    Ok(Vec::new())
-                } else {
+                let body = if f.changes() {
                     read_body(session).await
+                } else {
+                    Ok(Vec::new())
                 };
                 match body {
                     Ok(body) => api::route(&self.rt, &method, &path, &query, &body).await,
@@ -221,6 +326,27 @@ impl ServeHttp for AdminApp {
             }
         }
     }
+}
+
+/// A console page or asset, with headers that keep other sites from
+/// framing it or loading anything into it.
+fn page(ctype: &str, text: &str) -> Response<Vec<u8>> {
+    let mut r = build(200, ctype, text.as_bytes().to_vec());
+    let h = r.headers_mut();
+    h.insert(
+        "Content-Security-Policy",
+        http::HeaderValue::from_static(console::CSP),
+    );
+    h.insert("X-Frame-Options", http::HeaderValue::from_static("DENY"));
+    h.insert(
+        "X-Content-Type-Options",
+        http::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        "Referrer-Policy",
+        http::HeaderValue::from_static("no-referrer"),
+    );
+    r
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod drain;
 pub mod errors;
 pub mod gate;
 pub mod limits;
+pub mod origin;
 pub mod pages;
 pub mod route;
 pub mod select;
