@@ -15,7 +15,9 @@
 //! - [`wire`], [`logging`], [`metrics`]: text on the hot path, the batched
 //!   access log, Prometheus metrics.
 //! - [`state`]: the runtime: the operators' decisions in one snapshot behind
-//!   arc-swap, live per-server figures, the state file.
+//!   arc-swap, live per-server figures, the state file; beside it
+//!   [`queue`] (requests waiting for a server below its `max_conns`) and
+//!   [`sessions`] (upstream sockets to shut when a server is marked down).
 //! - Services: [`proxy`] (Pingora's HTTP phases), [`tcp`] (Layer-4
 //!   listeners), [`health`] (health checks), [`admin`] (the API and `ctl`),
 //!   [`server`] (wires them into a Pingora server), [`demo`], and [`httpc`]
@@ -34,7 +36,9 @@ pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod queue;
 pub mod server;
+pub mod sessions;
 pub mod state;
 pub mod tcp;
 pub mod tls;

@@ -11,7 +11,10 @@ use crate::metrics::Metrics;
 use crate::policy::bypass;
 use crate::policy::pages::{render_error, MaintenancePage, ERROR_STATUSES};
 use crate::policy::route::Router;
-use crate::policy::select::{mix, up_bit, Candidate, ReadyTier};
+use crate::policy::select::{self, mix, up_bit, Candidate, ReadyTier};
+use crate::policy::slowstart;
+use crate::queue::{Queue, Slots};
+use crate::sessions::Sessions;
 use crate::tls::{CertSet, CertStore};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -27,7 +30,7 @@ use std::sync::atomic::{
     Ordering::{Acquire, Relaxed, Release},
 };
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Why a change of the runtime state was refused; nothing changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +54,8 @@ impl std::fmt::Display for StateError {
 }
 
 /// A request or connection in flight to a server: counted while this
-/// lives, so no path can forget the decrement.
+/// lives, so no path can forget the decrement. On a server with a
+/// `max_conns`, its end hands the slot to the backend's queue.
 #[derive(Debug)]
 pub struct InFlight(Arc<ServerLive>);
 
@@ -60,11 +64,25 @@ impl InFlight {
         server.inflight.fetch_add(1, Relaxed);
         InFlight(server.clone())
     }
+
+    /// A request already counted (a slot taken with [`Slots::try_take`]
+    /// or handed over by the queue).
+    pub fn adopt(server: &Arc<ServerLive>) -> InFlight {
+        InFlight(server.clone())
+    }
+
+    /// The server's position in its backend.
+    pub fn server(&self) -> usize {
+        self.0.index
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Relaxed);
+        if let Some(q) = &self.0.queue {
+            q.release(self.0.index, &*self.0);
+        }
     }
 }
 
@@ -144,6 +162,50 @@ pub struct ServerLive {
     pub requests_total: AtomicU64,
     pub seed: u64,
     pub addr: SocketAddr,
+    /// Its position in its backend.
+    pub index: usize,
+    /// Its `max_conns` (0: no limit).
+    pub max_conns: u64,
+    /// Its backend's queue, when a server of the backend has a `max_conns`.
+    pub queue: Option<Arc<Queue>>,
+    /// Unix milliseconds when it last became usable again (health up,
+    /// or `ready` from `drain`/`maint`); 0: usable since the start.
+    pub usable_since_ms: AtomicU64,
+    pub slowstart: Duration,
+    /// Its requests' upstream sockets, with `shutdown_sessions`.
+    pub sessions: Option<Arc<Sessions>>,
+    /// Woken when health marks it down, with `shutdown_sessions`: its tcp
+    /// connections close.
+    pub marked_down: tokio::sync::Notify,
+}
+
+impl Slots for ServerLive {
+    fn inflight(&self) -> &AtomicU64 {
+        &self.inflight
+    }
+    fn max_conns(&self) -> u64 {
+        self.max_conns
+    }
+}
+
+impl Slots for Arc<ServerLive> {
+    fn inflight(&self) -> &AtomicU64 {
+        &self.inflight
+    }
+    fn max_conns(&self) -> u64 {
+        self.max_conns
+    }
+}
+
+impl ServerLive {
+    /// Its share of its weight now ([`slowstart::share`]).
+    pub fn share(&self, now_ms: u64) -> u16 {
+        let since = self.usable_since_ms.load(Relaxed);
+        slowstart::share(
+            self.slowstart,
+            (since != 0).then(|| Duration::from_millis(now_ms.saturating_sub(since))),
+        )
+    }
 }
 
 /// The state file's format.
@@ -183,6 +245,10 @@ pub struct Runtime {
     pub limiter: Arc<Limiter>,
     /// Per listener: its certificates, if it terminates TLS.
     pub certs: Vec<Option<CertStore>>,
+    /// Per backend: its queue, when a server of it has a `max_conns`.
+    pub queues: Vec<Option<Arc<Queue>>>,
+    /// Per backend: a server of it has a `slowstart`.
+    pub slow: Vec<bool>,
     /// Serialises admin changes and state-file writes; holds the generated
     /// bypass secret so each write keeps it.
     writer: Mutex<Option<String>>,
@@ -271,9 +337,14 @@ impl Runtime {
             })
             .collect();
         let mut live = Vec::new();
+        let mut queues = Vec::new();
         for b in &config.backends {
+            let queue = b
+                .limited()
+                .then(|| Arc::new(Queue::new(b.queue, u64::MAX)));
+            let shutdown = b.on_marked_down == crate::config::OnMarkedDown::ShutdownSessions;
             let mut servers = Vec::new();
-            for s in &b.servers {
+            for (index, s) in b.servers.iter().enumerate() {
                 let addr = s
                     .addr
                     .to_socket_addrs()
@@ -292,9 +363,17 @@ impl Runtime {
                     requests_total: AtomicU64::new(0),
                     seed: mix(u64::from_str_radix(&s.id, 16).unwrap_or(0)),
                     addr,
+                    index,
+                    max_conns: s.max_conns,
+                    queue: queue.clone(),
+                    usable_since_ms: AtomicU64::new(0),
+                    slowstart: s.slowstart,
+                    sessions: shutdown.then(|| Arc::new(Sessions::default())),
+                    marked_down: tokio::sync::Notify::new(),
                 }));
             }
             live.push(servers);
+            queues.push(queue);
         }
         let metrics = Metrics::new(&config).map_err(|e| format!("metrics: {e}"))?;
         let snapshot = build_snapshot(&config, &draft)
@@ -322,6 +401,8 @@ impl Runtime {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let rt = Runtime {
+            queues,
+            slow: config.backends.iter().map(|b| b.slowstarts()).collect(),
             limiter,
             certs,
             id: NEXT_RUNTIME.fetch_add(1, Relaxed),
@@ -345,6 +426,9 @@ impl Runtime {
             config: Arc::new(config),
         };
         rt.publish_metrics(&rt.snapshot.load());
+        for b in 0..rt.queues.len() {
+            rt.refresh_queue(b);
+        }
         rt.publish_limits();
         rt.publish_certificates();
         for servers in &rt.metrics.servers {
@@ -405,9 +489,20 @@ impl Runtime {
             ))
         })?;
         self.publish_metrics(&snapshot);
+        let now = now_ms();
+        for (b, (before, after)) in current.servers.iter().zip(&snapshot.servers).enumerate() {
+            for (s, (x, y)) in before.iter().zip(after).enumerate() {
+                if x.state != AdminState::Ready && y.state == AdminState::Ready {
+                    self.live[b][s].usable_since_ms.store(now, Relaxed);
+                }
+            }
+        }
         self.snapshot.store(Arc::new(snapshot));
         self.generation.fetch_add(1, Release);
         drop(guard);
+        for b in 0..self.queues.len() {
+            self.refresh_queue(b);
+        }
         Ok(out)
     }
 
@@ -422,10 +517,20 @@ impl Runtime {
     /// The metrics text, with the gauges read from live figures at scrape
     /// time (requests in flight) brought up to date first.
     pub fn render_metrics(&self) -> Vec<u8> {
-        for (metrics, live) in self.metrics.servers.iter().zip(&self.live) {
-            for (m, l) in metrics.iter().zip(live) {
+        let snap = self.snapshot();
+        let now = now_ms();
+        for (b, (metrics, live)) in self.metrics.servers.iter().zip(&self.live).enumerate() {
+            for (s, (m, l)) in metrics.iter().zip(live).enumerate() {
                 m.inflight
                     .set(i64::try_from(l.inflight.load(Relaxed)).unwrap_or(i64::MAX));
+                m.weight.set(slowstart::effective_weight(
+                    snap.servers[b][s].weight,
+                    l.share(now),
+                ));
+            }
+            if let Some(q) = &self.queues[b] {
+                let len = i64::try_from(q.len()).unwrap_or(i64::MAX);
+                self.metrics.backends[b].queue_length.set(len);
             }
         }
         self.metrics.render()
@@ -504,9 +609,10 @@ impl Runtime {
         for (b, servers) in snap.servers.iter().enumerate() {
             for (s, admin) in servers.iter().enumerate() {
                 self.metrics.set_state(b, s, admin.state);
+                let share = self.live[b][s].share(now_ms());
                 self.metrics.servers[b][s]
                     .weight
-                    .set(i64::from(admin.weight));
+                    .set(slowstart::effective_weight(admin.weight, share));
             }
         }
     }
@@ -518,25 +624,61 @@ impl Runtime {
         backend: usize,
         mut push: impl FnMut(Candidate),
     ) {
-        let conf = &self.config.backends[backend].servers;
+        let b = &self.config.backends[backend];
+        let (limited, slow) = (b.limited(), b.slowstarts());
+        let now = if slow { now_ms() } else { 0 };
         for ((admin, live), c) in snap.servers[backend]
             .iter()
             .zip(&self.live[backend])
-            .zip(conf)
+            .zip(&b.servers)
         {
-            push(Candidate {
-                state: admin.state,
-                weight: admin.weight,
-                backup: c.backup,
-                up: live.up.load(Relaxed),
-                seed: live.seed,
-            });
+            let mut cand = Candidate::new(
+                admin.state,
+                admin.weight,
+                c.backup,
+                live.up.load(Relaxed),
+                live.seed,
+            );
+            if limited {
+                cand.full = !select::below_max(live.inflight.load(Relaxed), live.max_conns);
+            }
+            if slow {
+                cand.share = live.share(now);
+            }
+            push(cand);
         }
+    }
+
+    /// Whether a server of `backend` is in slow start now.
+    pub fn ramping(&self, backend: usize) -> bool {
+        let now = now_ms();
+        self.live[backend]
+            .iter()
+            .any(|l| l.share(now) < slowstart::FULL)
+    }
+
+    /// Which servers the backend's queued requests may be given, from the
+    /// current states and health; then any free slot goes to them.
+    fn refresh_queue(&self, backend: usize) {
+        let Some(q) = &self.queues[backend] else {
+            return;
+        };
+        let mut cands = Vec::new();
+        self.candidates_into(&self.snapshot(), backend, |mut c| {
+            c.full = false;
+            cands.push(c);
+        });
+        q.set_targets(select::queue_targets(&cands));
+        q.kick(&self.live[backend]);
     }
 
     /// Mirror a health-check verdict (called on changes only).
     pub fn set_health(&self, backend: usize, server: usize, up: bool) {
-        self.live[backend][server].up.store(up, Relaxed);
+        let live = &self.live[backend][server];
+        let was = live.up.swap(up, Relaxed);
+        if up && !was {
+            live.usable_since_ms.store(now_ms(), Relaxed);
+        }
         if let Some(bit) = up_bit(server) {
             if up {
                 self.up_mask[backend].fetch_or(bit, Relaxed);
@@ -553,7 +695,17 @@ impl Runtime {
             log::info!("health: {}/{} ({}) is up", b.name, s.name, s.addr);
         } else {
             log::warn!("health: {}/{} ({}) is down", b.name, s.name, s.addr);
+            if let Some(sessions) = &live.sessions {
+                let n = sessions.shutdown_all(live.addr);
+                live.marked_down.notify_waiters();
+                log::warn!(
+                    "health: {}/{}: {n} requests in flight ended (shutdown_sessions)",
+                    b.name,
+                    s.name
+                );
+            }
         }
+        self.refresh_queue(backend);
     }
 }
 
@@ -598,13 +750,7 @@ pub fn build_snapshot(config: &Config, draft: &Draft) -> Result<Snapshot, StateE
                 .servers
                 .iter()
                 .zip(admins)
-                .map(|(s, a)| Candidate {
-                    state: a.state,
-                    weight: a.weight,
-                    backup: s.backup,
-                    up: true,
-                    seed: 0,
-                })
+                .map(|(s, a)| Candidate::new(a.state, a.weight, s.backup, true, 0))
                 .collect();
             ReadyTier::new(&servers)
         })

@@ -6,6 +6,7 @@ pub mod cert;
 pub mod check;
 mod file;
 pub mod model;
+mod traffic;
 
 pub use model::*;
 
@@ -532,6 +533,7 @@ impl Validator {
                     "a backend needs at least one server",
                 );
             }
+            let (queue, on_marked_down) = self.backend_traffic(f, &key);
             let mut server_names = HashSet::new();
             let servers = f
                 .servers
@@ -557,7 +559,10 @@ impl Validator {
                             AdminState::Ready
                         }),
                     };
+                    let (max_conns, slowstart) = self.server_traffic(s, &skey);
                     Server {
+                        max_conns,
+                        slowstart,
                         id: server_id(&f.name, &s.name),
                         name: s.name.clone(),
                         addr: s.addr.clone(),
@@ -575,6 +580,8 @@ impl Validator {
                 connect_timeout,
                 read_timeout,
                 retries,
+                queue,
+                on_marked_down,
                 servers,
             });
         }
@@ -773,7 +780,14 @@ impl Validator {
                     format!("invalid cookie name {bypass_cookie:?}"),
                 );
             }
+            let maintenance_backend = self.maintenance_backend(
+                m.backend.as_deref(),
+                backend,
+                backends,
+                &format!("{mkey}.backend"),
+            );
             out.push(Site {
+                maintenance_backend,
                 name: f.name.clone(),
                 hosts,
                 backend,

@@ -12,5 +12,6 @@ pub mod limits;
 pub mod pages;
 pub mod route;
 pub mod select;
+pub mod slowstart;
 pub mod sni;
 pub mod sticky;

@@ -3,6 +3,7 @@
 //! servers. Pure: the caller passes each server's admin state, weight, backup
 //! flag and health, and a key (round-robin counter, client hash or random).
 
+use super::slowstart::FULL;
 use crate::config::{AdminState, Balance};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -16,6 +17,27 @@ pub struct Candidate {
     pub up: bool,
     /// A stable per-server seed for source hashing (from the server id).
     pub seed: u64,
+    /// At its `max_conns`: balancing passes it over (a sticky request
+    /// waits for it instead).
+    pub full: bool,
+    /// Its slow-start share of its weight, in thousandths
+    /// ([`crate::policy::slowstart::FULL`] once it is over).
+    pub share: u16,
+}
+
+impl Candidate {
+    /// A server with no limit reached and no slow start under way.
+    pub fn new(state: AdminState, weight: u32, backup: bool, up: bool, seed: u64) -> Candidate {
+        Candidate {
+            state,
+            weight,
+            backup,
+            up,
+            seed,
+            full: false,
+            share: FULL,
+        }
+    }
 }
 
 /// Why a server was picked, for logs and metrics.
@@ -63,6 +85,11 @@ pub fn sticky_target(c: &Candidate, bypass: bool) -> Result<(), Redispatch> {
 }
 
 fn in_tier(c: &Candidate, tier: Tier) -> bool {
+    !c.full && in_tier_by_state(c, tier)
+}
+
+/// [`in_tier`] whether or not the server is full.
+fn in_tier_by_state(c: &Candidate, tier: Tier) -> bool {
     c.up && match tier {
         Tier::Ready => c.state == AdminState::Ready && !c.backup && c.weight > 0,
         Tier::Backup => c.state == AdminState::Ready && c.backup && c.weight > 0,
@@ -82,13 +109,25 @@ pub fn balance(
     bypass: bool,
     exclude: &[usize],
 ) -> Option<(usize, Tier)> {
+    balance_among(servers, balance, key, bypass, exclude, in_tier)
+}
+
+/// [`balance`] with the servers of a tier given by `member`.
+fn balance_among(
+    servers: &[Candidate],
+    balance: Balance,
+    key: u64,
+    bypass: bool,
+    exclude: &[usize],
+    member: fn(&Candidate, Tier) -> bool,
+) -> Option<(usize, Tier)> {
     let tiers: &[Tier] = if bypass {
         &[Tier::Ready, Tier::Backup, Tier::Maint, Tier::Drain]
     } else {
         &[Tier::Ready, Tier::Backup, Tier::Drain]
     };
     tiers.iter().find_map(|&tier| {
-        let eligible = |i: &usize| in_tier(&servers[*i], tier) && !exclude.contains(i);
+        let eligible = |i: &usize| member(&servers[*i], tier) && !exclude.contains(i);
         let pick = match balance {
             Balance::RoundRobin | Balance::Random => weighted(servers, key, eligible),
             Balance::SourceHash => rendezvous(servers, key, eligible),
@@ -103,16 +142,30 @@ fn effective_weight(c: &Candidate) -> u64 {
 }
 
 /// The server at position `key mod total weight` in the weighted sequence.
+/// While a server of it is in slow start, weights count in thousandths of
+/// their share and the key is mixed, so that its small share is spread
+/// over time rather than taken in one run.
 fn weighted(servers: &[Candidate], key: u64, eligible: impl Fn(&usize) -> bool) -> Option<usize> {
+    let ramping = (0..servers.len())
+        .filter(&eligible)
+        .any(|i| servers[i].share < FULL);
+    let weight = |c: &Candidate| {
+        if ramping {
+            effective_weight(c) * u64::from(c.share.clamp(1, FULL))
+        } else {
+            effective_weight(c)
+        }
+    };
     let seq = || {
         (0..servers.len())
             .filter(&eligible)
-            .map(|i| (i, effective_weight(&servers[i])))
+            .map(|i| (i, weight(&servers[i])))
     };
     let total: u64 = seq().map(|(_, w)| w).sum();
     if total == 0 {
         return None;
     }
+    let key = if ramping { mix(key) } else { key };
     at_weight(seq(), key % total)
 }
 
@@ -155,6 +208,41 @@ pub struct Choice {
     pub pick: Option<(usize, Tier)>,
     /// Why the sticky server was passed over, on a first attempt.
     pub redispatch: Option<Redispatch>,
+    /// No pick because the servers that could take the request are full:
+    /// it waits in the backend's queue, for this one server (its sticky
+    /// server) or for any.
+    pub wait: Option<Wait>,
+}
+
+/// What a queued request waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Its sticky server: it is not moved to another because of load.
+    Server(usize),
+    /// Any server balancing may give it ([`queue_targets`]).
+    Any,
+}
+
+/// Whether a server with `inflight` requests may take one more under its
+/// `max_conns` (0: no limit).
+pub fn below_max(inflight: u64, max_conns: u64) -> bool {
+    max_conns == 0 || inflight < max_conns
+}
+
+/// The servers a request waiting for any server may be given when one of
+/// them has room: those of the first tier balancing would use if none were
+/// full (bits as [`up_bit`]).
+pub fn queue_targets(servers: &[Candidate]) -> u64 {
+    [Tier::Ready, Tier::Backup, Tier::Drain]
+        .iter()
+        .map(|&tier| {
+            (0..servers.len())
+                .filter(|&i| in_tier_by_state(&servers[i], tier))
+                .filter_map(up_bit)
+                .fold(0, |m, b| m | b)
+        })
+        .find(|&m| m != 0)
+        .unwrap_or(0)
 }
 
 /// Any choice: the sticky server (`cookie`) if it may take the request and
@@ -174,10 +262,18 @@ pub fn choose(
     if let Some(s) = cookie.filter(|s| !tried.contains(s) && *s < servers.len()) {
         let bypassing = servers[s].state == AdminState::Maint && bypass();
         match sticky_target(&servers[s], bypassing) {
+            Ok(()) if servers[s].full => {
+                return Choice {
+                    pick: None,
+                    redispatch: None,
+                    wait: Some(Wait::Server(s)),
+                }
+            }
             Ok(()) => {
                 return Choice {
                     pick: Some((s, Tier::Sticky)),
                     redispatch: None,
+                    wait: None,
                 }
             }
             Err(reason) if tried.is_empty() => redispatch = Some(reason),
@@ -191,7 +287,16 @@ pub fn choose(
     if !matches!(pick, Some((_, Tier::Ready | Tier::Backup))) && bypass() {
         pick = balance(servers, balance_by, key, true, tried).or(pick);
     }
-    Choice { pick, redispatch }
+    // Nothing with room: wait when a server could take it but is full.
+    let wait = (pick.is_none()
+        && servers.iter().any(|c| c.full)
+        && balance_among(servers, balance_by, key, false, tried, in_tier_by_state).is_some())
+    .then_some(Wait::Any);
+    Choice {
+        pick,
+        redispatch,
+        wait,
+    }
 }
 
 /// The common first choices, decided without looking at every server: a
@@ -210,13 +315,8 @@ pub fn choose_fast(
     if let Some((s, state)) = cookie {
         // The rule of `choose` without a bypass: a server in `maint` is
         // left to it.
-        let c = Candidate {
-            state,
-            weight: 0,
-            backup: false,
-            up: up_bit(s).is_some_and(|bit| up_mask & bit != 0),
-            seed: 0,
-        };
+        let up = up_bit(s).is_some_and(|bit| up_mask & bit != 0);
+        let c = Candidate::new(state, 0, false, up, 0);
         sticky_target(&c, false).ok()?;
         return Some((s, Tier::Sticky));
     }
@@ -286,7 +386,8 @@ fn rendezvous(servers: &[Candidate], key: u64, eligible: impl Fn(&usize) -> bool
             let h = mix(key ^ servers[i].seed);
             // A uniform value in (0, 1], turned into a weighted score.
             let u = ((h >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-            (i, -(effective_weight(&servers[i]) as f64) / u.ln())
+            let share = f64::from(servers[i].share.clamp(1, FULL)) / f64::from(FULL);
+            (i, -(effective_weight(&servers[i]) as f64 * share) / u.ln())
         })
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(i, _)| i)
@@ -306,13 +407,7 @@ mod tests {
     use AdminState::*;
 
     fn c(state: AdminState, weight: u32, backup: bool, up: bool) -> Candidate {
-        Candidate {
-            state,
-            weight,
-            backup,
-            up,
-            seed: weight as u64 * 7919 + backup as u64,
-        }
+        Candidate::new(state, weight, backup, up, weight as u64 * 7919 + backup as u64)
     }
 
     /// 1 to `max` servers of any state, weight 0 to 3, some backups, some
@@ -532,13 +627,7 @@ mod tests {
     #[test]
     fn source_hash_is_stable_and_moves_only_the_removed_servers_clients() {
         let mut s: Vec<Candidate> = (0..4)
-            .map(|i| Candidate {
-                state: Ready,
-                weight: 1,
-                backup: false,
-                up: true,
-                seed: mix(i),
-            })
+            .map(|i| Candidate::new(Ready, 1, false, true, mix(i)))
             .collect();
         let before: Vec<usize> = (0..400u64)
             .map(|k| {
