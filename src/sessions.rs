@@ -96,11 +96,13 @@ mod tests {
         // Shut down: reads end at once.
         let mut buf = [0u8; 1];
         assert_eq!(to_server.read(&mut buf).ok(), Some(0));
-        to_other
-            .set_nonblocking(true)
-            .expect("nonblocking");
+        to_other.set_nonblocking(true).expect("nonblocking");
         assert!(to_other.read(&mut buf).is_err(), "the other socket is open");
         drop(a);
-        assert_eq!(sessions.lock().len(), 1, "a dropped guard forgets its socket");
+        assert_eq!(
+            sessions.lock().len(),
+            1,
+            "a dropped guard forgets its socket"
+        );
     }
 }

@@ -339,9 +339,7 @@ impl Runtime {
         let mut live = Vec::new();
         let mut queues = Vec::new();
         for b in &config.backends {
-            let queue = b
-                .limited()
-                .then(|| Arc::new(Queue::new(b.queue, u64::MAX)));
+            let queue = b.limited().then(|| Arc::new(Queue::new(b.queue, u64::MAX)));
             let shutdown = b.on_marked_down == crate::config::OnMarkedDown::ShutdownSessions;
             let mut servers = Vec::new();
             for (index, s) in b.servers.iter().enumerate() {

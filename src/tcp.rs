@@ -54,7 +54,9 @@ impl TcpProxy {
                     .map(|(s, _)| InFlight::new(&rt.live[b][s]));
             };
             match select::choose(&cands, None, tried, backend.balance, || key, || allowed) {
-                Choice { pick: Some((s, _)), .. } => {
+                Choice {
+                    pick: Some((s, _)), ..
+                } => {
                     if rt.live[b][s].try_take() {
                         return Some(InFlight::adopt(&rt.live[b][s]));
                     }

@@ -407,7 +407,13 @@ mod tests {
     use AdminState::*;
 
     fn c(state: AdminState, weight: u32, backup: bool, up: bool) -> Candidate {
-        Candidate::new(state, weight, backup, up, weight as u64 * 7919 + backup as u64)
+        Candidate::new(
+            state,
+            weight,
+            backup,
+            up,
+            weight as u64 * 7919 + backup as u64,
+        )
     }
 
     /// 1 to `max` servers of any state, weight 0 to 3, some backups, some
