@@ -656,4 +656,81 @@ mod tests {
             }
         }
     }
+
+    fn full(mut c: Candidate) -> Candidate {
+        c.full = true;
+        c
+    }
+
+    #[test]
+    fn full_servers_are_passed_over_then_the_request_waits() {
+        let rr = Balance::RoundRobin;
+        let s = [full(c(Ready, 1, false, true)), c(Ready, 1, false, true)];
+        for k in 0..4 {
+            let ch = choose(&s, None, &[], rr, || k, || false);
+            assert_eq!((ch.pick, ch.wait), (Some((1, Tier::Ready)), None));
+        }
+        // Every server that could take it is full: it waits for any.
+        let both = [
+            full(c(Ready, 1, false, true)),
+            full(c(Ready, 1, false, true)),
+        ];
+        let ch = choose(&both, None, &[], rr, || 0, || false);
+        assert_eq!((ch.pick, ch.wait), (None, Some(Wait::Any)));
+        // A full ready tier is not replaced by a drain server with room.
+        let tiers = [full(c(Ready, 1, false, true)), c(Drain, 1, false, true)];
+        let ch = choose(&tiers, None, &[], rr, || 0, || false);
+        assert_eq!((ch.pick, ch.wait), (Some((1, Tier::Drain)), None));
+        // Nothing could take it even with room: no wait.
+        let down = [full(c(Ready, 1, false, false)), c(Maint, 1, false, true)];
+        let ch = choose(&down, None, &[], rr, || 0, || false);
+        assert_eq!((ch.pick, ch.wait), (None, None));
+    }
+
+    #[test]
+    fn a_sticky_request_waits_for_its_full_server_and_is_not_moved() {
+        let s = [full(c(Ready, 1, false, true)), c(Ready, 1, false, true)];
+        let ch = choose(&s, Some(0), &[], Balance::RoundRobin, || 0, || false);
+        assert_eq!((ch.pick, ch.wait), (None, Some(Wait::Server(0))));
+        // A sticky server it may not use is redispatched as before.
+        let m = [full(c(Maint, 1, false, true)), c(Ready, 1, false, true)];
+        let ch = choose(&m, Some(0), &[], Balance::RoundRobin, || 0, || false);
+        assert_eq!(ch.pick, Some((1, Tier::Ready)));
+        assert_eq!(ch.redispatch, Some(Redispatch::Maint));
+    }
+
+    #[test]
+    fn below_max_and_queue_targets() {
+        assert!(below_max(4, 5) && !below_max(5, 5) && below_max(1_000, 0));
+        let s = [
+            c(Ready, 1, false, true),
+            full(c(Ready, 1, false, true)),
+            c(Drain, 1, false, true),
+            c(Ready, 1, false, false),
+        ];
+        assert_eq!(queue_targets(&s), 0b011, "the ready tier, full or not");
+        let drain_only = [c(Maint, 1, false, true), c(Drain, 1, false, true)];
+        assert_eq!(queue_targets(&drain_only), 0b10);
+        assert_eq!(queue_targets(&[c(Ready, 1, false, false)]), 0);
+    }
+
+    #[test]
+    fn a_slow_starting_server_gets_its_share_spread_out() {
+        let mut s = [c(Ready, 1, false, true), c(Ready, 1, false, true)];
+        s[1].share = 100;
+        let picks: Vec<usize> = (0..11_000)
+            .filter_map(|k| balance(&s, Balance::RoundRobin, k, false, &[]).map(|p| p.0))
+            .collect();
+        let to_slow = picks.iter().filter(|&&i| i == 1).count();
+        assert!((800..1200).contains(&to_slow), "{to_slow} of 11000");
+        // Spread: every run of 200 consecutive picks holds some of each.
+        assert!(picks.chunks(200).all(|w| w.contains(&0) && w.contains(&1)));
+        // Source hashing weighs the share as well.
+        let hashed = (0..4000u64)
+            .filter(|&k| {
+                balance(&s, Balance::SourceHash, mix(k), false, &[]).map(|p| p.0) == Some(1)
+            })
+            .count();
+        assert!(hashed < 800, "{hashed} of 4000");
+    }
 }
