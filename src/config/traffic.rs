@@ -61,6 +61,12 @@ impl Validator {
                 OnMarkedDown::None
             }
         };
+        if on_marked_down == OnMarkedDown::ShutdownSessions && f.health_check.is_none() {
+            self.problem(
+                &format!("{key}.on_marked_down"),
+                "shutdown_sessions needs a health_check (nothing else marks a server down)",
+            );
+        }
         (QueueSettings { max, timeout }, on_marked_down)
     }
 
