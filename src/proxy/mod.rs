@@ -15,17 +15,17 @@
 //! request's context and the order of the phases.
 
 mod account;
+mod admit;
 pub mod answer;
 pub mod headers;
 mod pin;
 mod request;
 
-use crate::config;
 use crate::policy::errors::{failure, Failure};
 use crate::policy::gate::{self, Bypass};
-use crate::policy::select::{self, Candidate, Choice, Redispatch, Tier, Wait};
+use crate::policy::select::{self, Candidate, Choice, Redispatch, Tier};
 use crate::policy::sticky;
-use crate::queue::{Slots, Waited};
+use crate::queue::Slots;
 use crate::state::{now_ms, InFlight, Runtime, Snapshot};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -150,7 +150,7 @@ impl Proxy {
 
     /// [`select::choose`] over the backend's servers as they are now
     /// (full ones and slow starts included); counts a redispatch.
-    fn choose_full(&self, ctx: &mut Ctx) -> Choice {
+    pub(super) fn choose_full(&self, ctx: &mut Ctx) -> Choice {
         let rt = &self.rt;
         let b = ctx.backend;
         let balance = rt.config.backends[b].balance;
@@ -181,71 +181,9 @@ impl Proxy {
         choice
     }
 
-    /// A server for a request to a backend with `max_conns`: one below
-    /// its limit, else a wait in the backend's queue. `Ok(None)`: the
-    /// request was answered (503 with the error page).
-    async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Option<usize>> {
-        let rt = &self.rt;
-        let b = ctx.backend;
-        // A server found below its limit may fill before its slot is
-        // taken: choose again, a bounded number of times.
-        for _ in 0..=rt.live[b].len() {
-            let choice = self.choose_full(ctx);
-            if let Some((s, tier)) = choice.pick {
-                if rt.live[b][s].try_take() {
-                    ctx.tier = Some(tier);
-                    self.assign(ctx, s, true);
-                    return Ok(Some(s));
-                }
-                continue;
-            }
-            let (Some(wait), Some(queue)) = (choice.wait, &rt.queues[b]) else {
-                break;
-            };
-            let want = match wait {
-                Wait::Server(s) => Some(s),
-                Wait::Any => None,
-            };
-            let retry_after = queue.settings.timeout.as_secs().max(1);
-            match queue.wait(want, &rt.live[b]).await {
-                Waited::Granted(s) => {
-                    ctx.tier = Some(if want.is_some() {
-                        Tier::Sticky
-                    } else {
-                        Tier::Ready
-                    });
-                    self.assign(ctx, s, true);
-                    return Ok(Some(s));
-                }
-                Waited::TimedOut => rt.metrics.backends[b].queue_timeouts.inc(),
-                Waited::Full => {}
-            }
-            answer::error_page(rt, session, ctx, 503, Some(retry_after)).await?;
-            return Ok(None);
-        }
-        answer::error_page(rt, session, ctx, 503, None).await?;
-        Ok(None)
-    }
-
-    /// A server of the site's maintenance backend `mb` for a request held
-    /// by maintenance: round robin over its usable servers, no stickiness,
-    /// one below its `max_conns` (never waiting). With whether its slot
-    /// is already taken; `None`: the local page answers.
-    fn maintenance_server(&self, ctx: &Ctx, mb: usize) -> Option<(usize, bool)> {
-        let rt = &self.rt;
-        let mut cands: SmallVec<[Candidate; 8]> = SmallVec::new();
-        rt.candidates_into(ctx.snap(), mb, |c| cands.push(c));
-        let key = rt.rr[mb].fetch_add(1, Relaxed);
-        let (s, _) = select::balance(&cands, config::Balance::RoundRobin, key, false, &[])?;
-        if rt.queues[mb].is_none() {
-            return Some((s, false));
-        }
-        rt.live[mb][s].try_take().then_some((s, true))
-    }
-
     /// Account a request to a server: in flight while the context holds
     /// it (`taken`: its slot is already counted).
-    fn assign(&self, ctx: &mut Ctx, s: usize, taken: bool) {
+    pub(super) fn assign(&self, ctx: &mut Ctx, s: usize, taken: bool) {
         let live = &self.rt.live[ctx.backend][s];
         // The previous server's count goes first.
         ctx.inflight = None;
