@@ -58,7 +58,13 @@ pub enum Waited {
     Full,
     /// Nothing came within the timeout.
     TimedOut,
+    /// The server it waited for can no longer take it (down, or in
+    /// `maint`): choose again.
+    Retry,
 }
+
+/// What a waiter is sent instead of a server by [`Queue::evict`].
+const RETRY: usize = usize::MAX;
 
 #[derive(Debug)]
 pub struct Queue {
@@ -127,6 +133,10 @@ impl Queue {
             return Waited::TimedOut;
         };
         match tokio::time::timeout(self.settings.timeout, rx).await {
+            Ok(Ok(RETRY)) => {
+                leave.rx = None;
+                Waited::Retry
+            }
             Ok(Ok(s)) => {
                 leave.rx = None;
                 Waited::Granted(s)
@@ -169,6 +179,27 @@ impl Queue {
                     server.inflight().fetch_sub(1, Relaxed);
                 }
             }
+        }
+    }
+
+    /// Send the waiters for a server that `usable` no longer accepts back
+    /// to the choice (a sticky request whose server went down or into
+    /// `maint` is redispatched rather than left waiting).
+    pub fn evict(&self, usable: impl Fn(usize) -> bool) {
+        if self.is_empty() {
+            return;
+        }
+        let gone: Vec<oneshot::Sender<usize>> = {
+            let mut w = self.lock();
+            let (keep, gone) = std::mem::take(&mut w.list)
+                .into_iter()
+                .partition(|x| x.want.is_none_or(&usable));
+            w.list = keep;
+            self.len.store(w.list.len(), Relaxed);
+            gone.into_iter().map(|x: Waiter| x.tx).collect()
+        };
+        for tx in gone {
+            let _ = tx.send(RETRY);
         }
     }
 
@@ -291,6 +322,26 @@ mod tests {
         assert_eq!(q.wait(None, &servers).await, Waited::TimedOut);
         assert_eq!(q.timeouts.load(Relaxed), 1);
         assert_eq!(q.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn waiters_for_a_server_that_cannot_take_them_choose_again() {
+        let servers = [Srv(AtomicU64::new(1), 1), Srv(AtomicU64::new(1), 1)];
+        let q = queue(10, 60_000);
+        let (for_0, for_1, any) = (
+            q.wait(Some(0), &servers),
+            q.wait(Some(1), &servers),
+            q.wait(None, &servers),
+        );
+        tokio::pin!(for_0, for_1, any);
+        assert!(futures_poll(&mut for_0).is_none());
+        assert!(futures_poll(&mut for_1).is_none());
+        assert!(futures_poll(&mut any).is_none());
+        q.evict(|s| s != 0);
+        assert_eq!(futures_poll(&mut for_0), Some(Waited::Retry));
+        assert!(futures_poll(&mut for_1).is_none());
+        assert!(futures_poll(&mut any).is_none());
+        assert_eq!(q.len(), 2);
     }
 
     #[test]

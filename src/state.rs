@@ -580,6 +580,11 @@ impl Runtime {
             cands.push(c);
         });
         q.set_targets(select::queue_targets(&cands));
+        q.evict(|s| {
+            cands
+                .get(s)
+                .is_some_and(|c| select::sticky_target(c, false).is_ok())
+        });
         q.kick(&self.live[backend]);
     }
 

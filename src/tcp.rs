@@ -68,7 +68,7 @@ impl TcpProxy {
                             rt.metrics.backends[b].queue_timeouts.inc();
                             None
                         }
-                        Waited::Full => None,
+                        Waited::Full | Waited::Retry => None,
                     };
                 }
                 Choice { .. } => return None,

@@ -460,3 +460,46 @@ backends:
     assert!(matches!(resp.status, 502 | 503), "status {}", resp.status);
     assert_ne!(resp.text(), "app-01");
 }
+
+#[test]
+fn a_sticky_request_waiting_for_a_server_put_in_maint_moves_on() {
+    let (a, b) = (Counting::start("app-01"), Counting::start("app-02"));
+    let d = Drawbridge::start(&limited_yaml(
+        &a.addr,
+        &b.addr,
+        "max_conns: 1",
+        "    queue: { max: 10, timeout: 20s }",
+    ));
+    let cookie = (0..4)
+        .find_map(|_| {
+            let r = d.get("/");
+            (r.text() == "app-01").then(|| set_cookie_value(&r, "SERVERID"))?
+        })
+        .expect("a cookie for app-01");
+    let sticky = format!("SERVERID={cookie}");
+    let slow = Request::new("GET", "/slow/4000").header("Cookie", sticky.clone());
+    let (waited, took) = std::thread::scope(|scope| {
+        let _busy = scope.spawn(|| d.send(slow));
+        assert!(wait_until(Duration::from_secs(5), || a.now.load(SeqCst) == 1));
+        let waiter = scope.spawn(|| {
+            let start = Instant::now();
+            let r = d.send(Request::new("GET", "/").header("Cookie", sticky.clone()));
+            (r, start.elapsed())
+        });
+        assert!(wait_until(Duration::from_secs(5), || {
+            json(&d.api("GET", "/api/v1/status", None))["backends"][0]["queue"]["length"] == 1
+        }));
+        let r = d.api(
+            "PUT",
+            "/api/v1/backends/app/servers/app-01/state",
+            Some("{\"state\":\"maint\"}"),
+        );
+        assert_eq!(r.status, 200);
+        waiter
+            .join()
+            .unwrap_or_else(|_| panic!("client thread panicked"))
+    });
+    assert_eq!(waited.status, 200);
+    assert_eq!(waited.text(), "app-02", "redispatched once its server left");
+    assert!(took < Duration::from_secs(3), "it waited {took:?}");
+}

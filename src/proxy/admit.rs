@@ -52,6 +52,12 @@ impl Proxy {
                     self.assign(ctx, s, true);
                     return Ok(Some(s));
                 }
+                // Its sticky server can no longer take it: choose again,
+                // with the states as they are now.
+                Waited::Retry => {
+                    ctx.snap = Some(rt.snapshot());
+                    continue;
+                }
                 Waited::TimedOut => rt.metrics.backends[b].queue_timeouts.inc(),
                 Waited::Full => {}
             }
