@@ -503,3 +503,87 @@ fn a_sticky_request_waiting_for_a_server_put_in_maint_moves_on() {
     assert_eq!(waited.text(), "app-02", "redispatched once its server left");
     assert!(took < Duration::from_secs(3), "it waited {took:?}");
 }
+
+/// A tcp listener `raw` on `{tcp}` to backend `app` (app-01 at `a`,
+/// app-02 at `b`, each with `servers` added); `backend` adds keys.
+fn tcp_yaml(a: &str, b: &str, servers: &str, backend: &str) -> String {
+    format!(
+        r#"listeners:
+  - {{ name: web, listen: "{{web}}" }}
+  - {{ name: raw, listen: "{{tcp}}", protocol: tcp, backend: app }}
+sites:
+  - {{ name: app, backend: app }}
+backends:
+  - name: app
+{backend}
+    servers:
+      - {{ name: app-01, addr: "{a}", {servers} }}
+      - {{ name: app-02, addr: "{b}", {servers} }}
+"#
+    )
+}
+
+#[test]
+fn tcp_max_conns_bounds_connections_and_the_rest_wait() {
+    let (a, b) = (Counting::start("app-01"), Counting::start("app-02"));
+    let d = Drawbridge::start(&tcp_yaml(
+        &a.addr,
+        &b.addr,
+        "max_conns: 1",
+        "    queue: { max: 10, timeout: 20s }",
+    ));
+    // Six connections at once, each holding its server for 400ms.
+    let answers = at_once(&d.tcp, 6, |_| Request::new("GET", "/slow/400"));
+    for r in &answers {
+        let (resp, _) = r
+            .as_ref()
+            .unwrap_or_else(|e| panic!("a connection failed: {e}"));
+        assert_eq!(resp.status, 200);
+    }
+    assert_eq!((a.max.load(SeqCst), b.max.load(SeqCst)), (1, 1));
+    assert_eq!(a.served.load(SeqCst) + b.served.load(SeqCst), 6);
+}
+
+#[test]
+fn tcp_shutdown_sessions_closes_connections_to_a_server_marked_down() {
+    let (a, b) = (Counting::start("app-01"), Counting::start("app-02"));
+    let d = Drawbridge::start(&tcp_yaml(
+        &a.addr,
+        &b.addr,
+        "weight: 1",
+        "    balance: round_robin\n    on_marked_down: shutdown_sessions\n    read_timeout: 30s\n    \
+         health_check: { kind: http, path: /healthz, interval: 200ms, timeout: 200ms, rise: 1, fall: 2 }",
+    ));
+    let (outcome, took) = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    let start = Instant::now();
+                    let r = drawbridge::httpc::request(
+                        &d.tcp,
+                        &Request::new("GET", "/slow/8000"),
+                        Duration::from_secs(30),
+                    );
+                    (r.map(|r| r.text()), start.elapsed())
+                })
+            })
+            .collect();
+        assert!(wait_until(Duration::from_secs(5), || {
+            a.now.load(SeqCst) == 1 && b.now.load(SeqCst) == 1
+        }));
+        a.sick.store(true, SeqCst);
+        let mut results: Vec<_> = clients
+            .into_iter()
+            .map(|c| {
+                c.join()
+                    .unwrap_or_else(|_| panic!("client thread panicked"))
+            })
+            .collect();
+        results.sort_by_key(|(_, took)| *took);
+        results.remove(0)
+    });
+    // The connection to app-01 closed soon after it was marked down
+    // (fall 2 x 200ms, plus slack); the one to app-02 ran its 8 s.
+    assert!(took < Duration::from_secs(4), "closed after {took:?}");
+    assert!(outcome.is_err(), "it got an answer: {outcome:?}");
+}
