@@ -389,28 +389,6 @@ sites:
 }
 
 #[test]
-fn check_refuses_a_maintenance_backend_that_is_the_sites_own() {
-    let d = Drawbridge::prepare(
-        &format!(
-            "listeners:\n  - name: web\n    listen: \"{{web}}\"\nsites:\n  - name: app\n    backend: app\n    maintenance:\n      backend: app\n{}",
-            app_backend_yaml("127.0.0.1:1", "127.0.0.1:2", "")
-        ),
-        &[],
-    );
-    let mut cmd = std::process::Command::new(BIN);
-    cmd.args(["check", "-c"]).arg(&d.config);
-    let o = run_bounded(cmd);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        out(&o).contains("sites[0].maintenance.backend")
-            || err(&o).contains("sites[0].maintenance.backend"),
-        "{}{}",
-        out(&o),
-        err(&o)
-    );
-}
-
-#[test]
 fn shutdown_sessions_ends_requests_to_a_server_marked_down() {
     let a = Counting::start("app-01");
     let yaml = format!(
