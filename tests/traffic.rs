@@ -195,6 +195,12 @@ fn max_conns_bounds_each_server_and_the_queue_serves_everyone_in_turn() {
     let status = json(&d.api("GET", "/api/v1/status", None));
     assert_eq!(status["backends"][0]["queue"]["length"], 0);
     assert_eq!(status["backends"][0]["servers"][0]["max_conns"], 5);
+    let ctl = out(&d.ctl(&["status"]));
+    assert!(
+        ctl.contains("app queue: 0 waiting (max 1000, timeout 30s), 0 timed out"),
+        "{ctl}"
+    );
+    assert!(ctl.contains("max_conns 5"), "{ctl}");
 }
 
 #[test]
