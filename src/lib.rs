@@ -16,7 +16,9 @@
 //! - [`wire`], [`logging`], [`metrics`], [`sketch`]: text on the hot path,
 //!   the batched access log, Prometheus metrics, distinct-client counts.
 //! - [`state`]: the runtime: the operators' decisions in one snapshot behind
-//!   arc-swap, live per-server figures, the state file.
+//!   arc-swap, live per-server figures, the state file; beside it
+//!   [`queue`] (requests waiting for a server below its `max_conns`) and
+//!   [`sessions`] (upstream sockets to shut when a server is marked down).
 //! - Services: [`proxy`] (Pingora's HTTP phases), [`tcp`] (Layer-4
 //!   listeners), [`health`] (health checks), [`schedule`] (maintenance
 //!   windows), [`admin`] (the API, the console and `ctl`), [`reload`],
@@ -37,9 +39,11 @@ pub mod metrics;
 pub mod policy;
 pub mod procfs;
 pub mod proxy;
+pub mod queue;
 pub mod reload;
 pub mod schedule;
 pub mod server;
+pub mod sessions;
 pub mod sketch;
 pub mod state;
 pub mod tcp;

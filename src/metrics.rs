@@ -6,7 +6,8 @@ use crate::config::{AdminState, Config, Protocol};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -134,7 +135,8 @@ impl Collector for DurationFamily {
 pub struct ServerMetrics {
     pub state: [IntGauge; 3],
     pub up: IntGauge,
-    pub weight: IntGauge,
+    /// Its effective weight: the weight, less while in slow start.
+    pub weight: Gauge,
     /// Requests (or tcp connections) in flight: also the live figure the
     /// drain detection reads.
     pub inflight: IntGauge,
@@ -146,6 +148,9 @@ pub struct BackendMetrics {
     pub redispatch_down: IntCounter,
     pub redispatch_maint: IntCounter,
     pub redispatch_unknown: IntCounter,
+    /// Requests waiting for a server below its `max_conns`.
+    pub queue_length: IntGauge,
+    pub queue_timeouts: IntCounter,
 }
 
 pub struct Metrics {
@@ -195,6 +200,22 @@ fn counter_vec(
         name,
         help,
         kind: "counter",
+    });
+    Ok(v)
+}
+
+fn float_gauge_vec(
+    (r, fams): (&Registry, &mut Vec<Family>),
+    name: &'static str,
+    help: &'static str,
+    labels: &[&str],
+) -> prometheus::Result<GaugeVec> {
+    let v = GaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(v.clone()))?;
+    fams.push(Family {
+        name,
+        help,
+        kind: "gauge",
     });
     Ok(v)
 }
@@ -311,10 +332,10 @@ impl Metrics {
             "1 while the server passes its health check",
             &["backend", "server"],
         )?;
-        let weight = gauge_vec(
+        let weight = float_gauge_vec(
             (&r, &mut f),
             "drawbridge_server_weight",
-            "The server's balancing weight",
+            "The server's effective balancing weight (its weight, less during slow start)",
             &["backend", "server"],
         )?;
         let inflight = gauge_vec(
@@ -370,10 +391,24 @@ impl Metrics {
                 }
             })
             .collect();
+        let queue_length = gauge_vec(
+            (&r, &mut f),
+            "drawbridge_queue_length",
+            "Requests waiting for a server below its max_conns, by backend",
+            &["backend"],
+        )?;
+        let queue_timeouts = counter_vec(
+            (&r, &mut f),
+            "drawbridge_queue_timeouts_total",
+            "Requests that waited queue.timeout for a server and got 503, by backend",
+            &["backend"],
+        )?;
         let backends = config
             .backends
             .iter()
             .map(|b| BackendMetrics {
+                queue_length: queue_length.with_label_values(&[&b.name]),
+                queue_timeouts: queue_timeouts.with_label_values(&[&b.name]),
                 redispatch_down: redispatch.with_label_values(&[&b.name, "down"]),
                 redispatch_maint: redispatch.with_label_values(&[&b.name, "maint"]),
                 redispatch_unknown: redispatch.with_label_values(&[&b.name, "unknown"]),

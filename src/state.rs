@@ -5,14 +5,18 @@
 //! state file, and only then swaps it in. Live figures (health, requests in
 //! flight, last sticky request) are atomics beside it.
 
+mod live;
+pub use live::{InFlight, ServerLive};
+
 use crate::config::{check, compile_paths, AdminState, Config, MaintenanceSettings};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::policy::pages::{render_error, MaintenancePage, ERROR_STATUSES};
 use crate::policy::route::Router;
-use crate::policy::select::{mix, up_bit, Candidate, ReadyTier};
-use crate::policy::{bypass, gate};
-use crate::sketch::RecentClients;
+use crate::policy::select::{self, mix, up_bit, Candidate, ReadyTier};
+use crate::policy::{bypass, gate, slowstart};
+use crate::queue::Queue;
+use crate::sessions::Sessions;
 use crate::tls::{CertSet, CertStore};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -21,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{
     AtomicBool, AtomicU64,
@@ -48,24 +52,6 @@ impl std::fmt::Display for StateError {
                 f.write_str(m)
             }
         }
-    }
-}
-
-/// A request or connection in flight to a server: counted while this
-/// lives, so no path can forget the decrement.
-#[derive(Debug)]
-pub struct InFlight(Arc<ServerLive>);
-
-impl InFlight {
-    pub fn new(server: &Arc<ServerLive>) -> InFlight {
-        server.inflight.fetch_add(1, Relaxed);
-        InFlight(server.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Relaxed);
     }
 }
 
@@ -134,21 +120,6 @@ impl Draft {
     }
 }
 
-/// Live per-server figures, updated by the proxy and health checks.
-#[derive(Debug)]
-pub struct ServerLive {
-    pub up: AtomicBool,
-    /// Requests (HTTP) and connections (TCP) in flight; see [`InFlight`].
-    pub inflight: AtomicU64,
-    /// Unix milliseconds of the last request routed here by its cookie; 0 = never.
-    pub last_sticky_ms: AtomicU64,
-    /// Distinct clients routed here by their cookie, recently.
-    pub sticky_clients: RecentClients,
-    pub requests_total: AtomicU64,
-    pub seed: u64,
-    pub addr: SocketAddr,
-}
-
 /// The state file's format.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,6 +157,10 @@ pub struct Runtime {
     pub limiter: Arc<Limiter>,
     /// Per listener: its certificates, if it terminates TLS.
     pub certs: Vec<Option<CertStore>>,
+    /// Per backend: its queue, when a server of it has a `max_conns`.
+    pub queues: Vec<Option<Arc<Queue>>>,
+    /// Per backend: a server of it has a `slowstart`.
+    pub slow: Vec<bool>,
     /// Serialises admin changes and state-file writes; holds the generated
     /// bypass secret so each write keeps it.
     writer: Mutex<Option<String>>,
@@ -296,9 +271,12 @@ impl Runtime {
             })
             .collect();
         let mut live = Vec::new();
+        let mut queues = Vec::new();
         for b in &config.backends {
+            let queue = b.limited().then(|| Arc::new(Queue::new(b.queue, u64::MAX)));
+            let shutdown = b.on_marked_down == crate::config::OnMarkedDown::ShutdownSessions;
             let mut servers = Vec::new();
-            for s in &b.servers {
+            for (index, s) in b.servers.iter().enumerate() {
                 let addr = s
                     .addr
                     .to_socket_addrs()
@@ -314,13 +292,21 @@ impl Runtime {
                     up: AtomicBool::new(true),
                     inflight: AtomicU64::new(0),
                     last_sticky_ms: AtomicU64::new(0),
-                    sticky_clients: RecentClients::new(),
+                    sticky_clients: crate::sketch::RecentClients::new(),
                     requests_total: AtomicU64::new(0),
                     seed: mix(u64::from_str_radix(&s.id, 16).unwrap_or(0)),
                     addr,
+                    index,
+                    max_conns: s.max_conns,
+                    queue: queue.clone(),
+                    usable_since_ms: AtomicU64::new(0),
+                    slowstart: s.slowstart,
+                    sessions: shutdown.then(|| Arc::new(Sessions::default())),
+                    marked_down: tokio::sync::Notify::new(),
                 }));
             }
             live.push(servers);
+            queues.push(queue);
         }
         let metrics = Metrics::new(&config).map_err(|e| format!("metrics: {e}"))?;
         let snapshot = build_snapshot(&config, &draft)
@@ -348,6 +334,8 @@ impl Runtime {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let rt = Runtime {
+            queues,
+            slow: config.backends.iter().map(|b| b.slowstarts()).collect(),
             limiter,
             certs,
             id: NEXT_RUNTIME.fetch_add(1, Relaxed),
@@ -371,6 +359,9 @@ impl Runtime {
             config: Arc::new(config),
         };
         rt.publish_metrics(&rt.snapshot.load());
+        for b in 0..rt.queues.len() {
+            rt.refresh_queue(b);
+        }
         rt.publish_limits();
         rt.publish_certificates();
         for servers in &rt.metrics.servers {
@@ -431,9 +422,20 @@ impl Runtime {
             ))
         })?;
         self.publish_metrics(&snapshot);
+        let now = now_ms();
+        for (b, (before, after)) in current.servers.iter().zip(&snapshot.servers).enumerate() {
+            for (s, (x, y)) in before.iter().zip(after).enumerate() {
+                if x.state != AdminState::Ready && y.state == AdminState::Ready {
+                    self.live[b][s].usable_since_ms.store(now, Relaxed);
+                }
+            }
+        }
         self.snapshot.store(Arc::new(snapshot));
         self.generation.fetch_add(1, Release);
         drop(guard);
+        for b in 0..self.queues.len() {
+            self.refresh_queue(b);
+        }
         Ok(out)
     }
 
@@ -448,11 +450,21 @@ impl Runtime {
     /// The metrics text, with the gauges read from live figures at scrape
     /// time (requests in flight) brought up to date first.
     pub fn render_metrics(&self) -> Vec<u8> {
-        self.publish_sites(&self.snapshot());
-        for (metrics, live) in self.metrics.servers.iter().zip(&self.live) {
-            for (m, l) in metrics.iter().zip(live) {
+        let snap = self.snapshot();
+        self.publish_sites(&snap);
+        let now = now_ms();
+        for (b, (metrics, live)) in self.metrics.servers.iter().zip(&self.live).enumerate() {
+            for (s, (m, l)) in metrics.iter().zip(live).enumerate() {
                 m.inflight
                     .set(i64::try_from(l.inflight.load(Relaxed)).unwrap_or(i64::MAX));
+                m.weight.set(slowstart::effective_weight(
+                    snap.servers[b][s].weight,
+                    l.share(now),
+                ));
+            }
+            if let Some(q) = &self.queues[b] {
+                let len = i64::try_from(q.len()).unwrap_or(i64::MAX);
+                self.metrics.backends[b].queue_length.set(len);
             }
         }
         self.metrics.render()
@@ -581,9 +593,10 @@ impl Runtime {
         for (b, servers) in snap.servers.iter().enumerate() {
             for (s, admin) in servers.iter().enumerate() {
                 self.metrics.set_state(b, s, admin.state);
+                let share = self.live[b][s].share(now_ms());
                 self.metrics.servers[b][s]
                     .weight
-                    .set(i64::from(admin.weight));
+                    .set(slowstart::effective_weight(admin.weight, share));
             }
         }
     }
@@ -595,25 +608,66 @@ impl Runtime {
         backend: usize,
         mut push: impl FnMut(Candidate),
     ) {
-        let conf = &self.config.backends[backend].servers;
+        let b = &self.config.backends[backend];
+        let (limited, slow) = (b.limited(), b.slowstarts());
+        let now = if slow { now_ms() } else { 0 };
         for ((admin, live), c) in snap.servers[backend]
             .iter()
             .zip(&self.live[backend])
-            .zip(conf)
+            .zip(&b.servers)
         {
-            push(Candidate {
-                state: admin.state,
-                weight: admin.weight,
-                backup: c.backup,
-                up: live.up.load(Relaxed),
-                seed: live.seed,
-            });
+            let mut cand = Candidate::new(
+                admin.state,
+                admin.weight,
+                c.backup,
+                live.up.load(Relaxed),
+                live.seed,
+            );
+            if limited {
+                cand.full = !select::below_max(live.inflight.load(Relaxed), live.max_conns);
+            }
+            if slow {
+                cand.share = live.share(now);
+            }
+            push(cand);
         }
+    }
+
+    /// Whether a server of `backend` is in slow start now.
+    pub fn ramping(&self, backend: usize) -> bool {
+        let now = now_ms();
+        self.live[backend]
+            .iter()
+            .any(|l| l.share(now) < slowstart::FULL)
+    }
+
+    /// Which servers the backend's queued requests may be given, from the
+    /// current states and health; then any free slot goes to them.
+    fn refresh_queue(&self, backend: usize) {
+        let Some(q) = &self.queues[backend] else {
+            return;
+        };
+        let mut cands = Vec::new();
+        self.candidates_into(&self.snapshot(), backend, |mut c| {
+            c.full = false;
+            cands.push(c);
+        });
+        q.set_targets(select::queue_targets(&cands));
+        q.evict(|s| {
+            cands
+                .get(s)
+                .is_some_and(|c| select::sticky_target(c, false).is_ok())
+        });
+        q.kick(&self.live[backend]);
     }
 
     /// Mirror a health-check verdict (called on changes only).
     pub fn set_health(&self, backend: usize, server: usize, up: bool) {
-        self.live[backend][server].up.store(up, Relaxed);
+        let live = &self.live[backend][server];
+        let was = live.up.swap(up, Relaxed);
+        if up && !was {
+            live.usable_since_ms.store(now_ms(), Relaxed);
+        }
         if let Some(bit) = up_bit(server) {
             if up {
                 self.up_mask[backend].fetch_or(bit, Relaxed);
@@ -630,7 +684,17 @@ impl Runtime {
             log::info!("health: {}/{} ({}) is up", b.name, s.name, s.addr);
         } else {
             log::warn!("health: {}/{} ({}) is down", b.name, s.name, s.addr);
+            if let Some(sessions) = &live.sessions {
+                let n = sessions.shutdown_all(live.addr);
+                live.marked_down.notify_waiters();
+                log::warn!(
+                    "health: {}/{}: {n} requests in flight ended (shutdown_sessions)",
+                    b.name,
+                    s.name
+                );
+            }
         }
+        self.refresh_queue(backend);
     }
 }
 
@@ -676,13 +740,7 @@ pub fn build_snapshot(config: &Config, draft: &Draft) -> Result<Snapshot, StateE
                 .servers
                 .iter()
                 .zip(admins)
-                .map(|(s, a)| Candidate {
-                    state: a.state,
-                    weight: a.weight,
-                    backup: s.backup,
-                    up: true,
-                    seed: 0,
-                })
+                .map(|(s, a)| Candidate::new(a.state, a.weight, s.backup, true, 0))
                 .collect();
             ReadyTier::new(&servers)
         })

@@ -7,7 +7,8 @@
 //! until both sides are done, with connect and idle timeouts.
 
 use crate::policy::gate;
-use crate::policy::select::{self, Candidate};
+use crate::policy::select::{self, Candidate, Choice};
+use crate::queue::{Slots, Waited};
 use crate::state::{InFlight, Runtime};
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
@@ -37,15 +38,43 @@ impl TcpProxy {
     }
 
     /// Pick a server not yet tried; `allowed` clients may use `maint` ones.
-    fn choose(&self, client: IpAddr, allowed: bool, tried: &[usize]) -> Option<usize> {
+    /// On a backend with `max_conns`, one below its limit, else a wait in
+    /// the backend's queue. The connection is counted in flight from here.
+    async fn choose(&self, client: IpAddr, allowed: bool, tried: &[usize]) -> Option<InFlight> {
         let rt = &self.rt;
         let b = self.backend;
-        let snap = rt.snapshot();
-        let mut cands: SmallVec<[Candidate; 8]> = SmallVec::new();
-        rt.candidates_into(&snap, b, |c| cands.push(c));
         let backend = &rt.config.backends[b];
-        let key = select::balance_key(backend.balance, &rt.rr[b], client);
-        select::balance(&cands, backend.balance, key, allowed, tried).map(|(s, _)| s)
+        for _ in 0..=rt.live[b].len() {
+            let snap = rt.snapshot();
+            let mut cands: SmallVec<[Candidate; 8]> = SmallVec::new();
+            rt.candidates_into(&snap, b, |c| cands.push(c));
+            let key = select::balance_key(backend.balance, &rt.rr[b], client);
+            let Some(queue) = &rt.queues[b] else {
+                return select::balance(&cands, backend.balance, key, allowed, tried)
+                    .map(|(s, _)| InFlight::new(&rt.live[b][s]));
+            };
+            match select::choose(&cands, None, tried, backend.balance, || key, || allowed) {
+                Choice {
+                    pick: Some((s, _)), ..
+                } => {
+                    if rt.live[b][s].try_take() {
+                        return Some(InFlight::adopt(&rt.live[b][s]));
+                    }
+                }
+                Choice { wait: Some(_), .. } => {
+                    return match queue.wait(None, &rt.live[b]).await {
+                        Waited::Granted(s) => Some(InFlight::adopt(&rt.live[b][s])),
+                        Waited::TimedOut => {
+                            rt.metrics.backends[b].queue_timeouts.inc();
+                            None
+                        }
+                        Waited::Full | Waited::Retry => None,
+                    };
+                }
+                Choice { .. } => return None,
+            }
+        }
+        None
     }
 }
 
@@ -71,7 +100,7 @@ impl ServerApp for TcpProxy {
         }
         let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
         let upstream = loop {
-            let Some(s) = self.choose(peer, allowed, &tried) else {
+            let Some(inflight) = self.choose(peer, allowed, &tried).await else {
                 log::warn!(
                     "tcp {}: no server of backend {} can take {peer}",
                     listener.name,
@@ -79,9 +108,10 @@ impl ServerApp for TcpProxy {
                 );
                 return None;
             };
+            let s = inflight.server();
             let addr = rt.live[self.backend][s].addr;
             match tokio::time::timeout(backend.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => break (s, stream),
+                Ok(Ok(stream)) => break (s, stream, inflight),
                 Ok(Err(e)) => log::warn!(
                     "tcp {}: connect to {}: {e}",
                     listener.name,
@@ -99,15 +129,25 @@ impl ServerApp for TcpProxy {
                 return None;
             }
         };
-        let (s, mut upstream) = upstream;
+        let (s, mut upstream, inflight) = upstream;
         let _ = upstream.set_nodelay(true);
         let server = &backend.servers[s];
         let live = &rt.live[self.backend][s];
-        let inflight = InFlight::new(live);
         live.requests_total.fetch_add(1, Relaxed);
         rt.metrics.tcp[self.listener][s].inc();
         let start = std::time::Instant::now();
-        let result = pump(&mut client, &mut upstream, backend.read_timeout).await;
+        let result = if live.sessions.is_some() {
+            // shutdown_sessions: the connection closes when health marks
+            // the server down.
+            tokio::select! {
+                r = pump(&mut client, &mut upstream, backend.read_timeout) => r,
+                _ = live.marked_down.notified() => {
+                    Err(std::io::Error::other("server marked down"))
+                }
+            }
+        } else {
+            pump(&mut client, &mut upstream, backend.read_timeout).await
+        };
         drop(inflight);
         let (up, down) = result.unwrap_or((0, 0));
         log::info!(

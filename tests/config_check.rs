@@ -195,6 +195,58 @@ fn each_bad_config_names_its_key_path() {
             "listeners[0].listen",
             "also admin.listen",
         ),
+        (
+            GOOD.replace(
+                "\"127.0.0.1:18081\" }",
+                "\"127.0.0.1:18081\", max_conns: -1 }",
+            ),
+            "backends[0].servers[0].max_conns",
+            "invalid value",
+        ),
+        (
+            GOOD.replace(
+                "\"127.0.0.1:18081\" }",
+                "\"127.0.0.1:18081\", slowstart: 2h }",
+            ),
+            "backends[0].servers[0].slowstart",
+            "at most 1h",
+        ),
+        (
+            format!("{GOOD}    queue: {{ max: 2000000, timeout: 5s }}\n"),
+            "backends[0].queue.max",
+            "between 0 and",
+        ),
+        (
+            format!("{GOOD}    queue: {{ timeout: 2h }}\n"),
+            "backends[0].queue.timeout",
+            "between 1ms and 1h",
+        ),
+        (
+            format!("{GOOD}    on_marked_down: shutdown\n"),
+            "backends[0].on_marked_down",
+            "expected none or shutdown_sessions",
+        ),
+        (
+            format!("{GOOD}    on_marked_down: shutdown_sessions\n"),
+            "backends[0].on_marked_down",
+            "needs a health_check",
+        ),
+        (
+            GOOD.replace(
+                "{ name: app, backend: app }",
+                "{ name: app, backend: app, maintenance: { backend: sorry } }",
+            ),
+            "sites[0].maintenance.backend",
+            "unknown backend \"sorry\"",
+        ),
+        (
+            GOOD.replace(
+                "{ name: app, backend: app }",
+                "{ name: app, backend: app, maintenance: { backend: app } }",
+            ),
+            "sites[0].maintenance.backend",
+            "site's own backend",
+        ),
     ];
     assert!(cases.len() >= 10);
     for (yaml, key, words) in &cases {

@@ -432,6 +432,8 @@ const CONTRACT: &[(&str, &str, &[&str])] = &[
         &["listener", "reason"],
     ),
     ("drawbridge_limit", "gauge", &["limit"]),
+    ("drawbridge_queue_length", "gauge", &["backend"]),
+    ("drawbridge_queue_timeouts_total", "counter", &["backend"]),
     (
         "drawbridge_requests_total",
         "counter",

@@ -173,6 +173,11 @@ fn server_json(rt: &Runtime, snap: &Snapshot, b: usize, s: usize) -> Value {
         "state": admin.state.as_str(),
         "health": if live.up.load(Relaxed) { "up" } else { "down" },
         "weight": admin.weight,
+        "effective_weight": crate::policy::slowstart::effective_weight(
+            admin.weight,
+            live.share(crate::state::now_ms()),
+        ),
+        "max_conns": conf.max_conns,
         "backup": conf.backup,
         "inflight": live.inflight.load(Relaxed),
         "sticky_last_seen": rfc3339_ms(live.last_sticky_ms.load(Relaxed)),
@@ -192,8 +197,17 @@ pub fn status(rt: &Runtime) -> Value {
         .iter()
         .enumerate()
         .map(|(b, backend)| {
+            let queue = rt.queues[b].as_ref().map(|q| {
+                json!({
+                    "length": q.len(),
+                    "max": q.settings.max,
+                    "timeout": humantime::format_duration(q.settings.timeout).to_string(),
+                    "timeouts_total": q.timeouts.load(Relaxed),
+                })
+            });
             json!({
                 "name": backend.name,
+                "queue": queue,
                 "servers": (0..backend.servers.len()).map(|s| server_json(rt, &snap, b, s)).collect::<Vec<_>>(),
             })
         })

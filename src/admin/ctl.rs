@@ -394,7 +394,7 @@ fn site_line(v: &Value) -> String {
 }
 
 fn server_line(v: &Value) -> String {
-    format!(
+    let mut line = format!(
         "{}/{} {}: state {}, health {}, weight {}, in flight {}, requests {}, last sticky {} (~{} clients in 60s)",
         v["backend"].as_str().unwrap_or("?"),
         v["name"].as_str().unwrap_or("?"),
@@ -406,7 +406,17 @@ fn server_line(v: &Value) -> String {
         v["requests_total"],
         v["sticky_last_seen"].as_str().unwrap_or("never"),
         v["clients"],
-    )
+    );
+    if let Some(max) = v["max_conns"].as_u64().filter(|m| *m > 0) {
+        line.push_str(&format!(", max_conns {max}"));
+    }
+    let (weight, effective) = (v["weight"].as_f64(), v["effective_weight"].as_f64());
+    if let (Some(w), Some(e)) = (weight, effective) {
+        if e < w {
+            line.push_str(&format!(" (slow start: effective weight {e:.2})"));
+        }
+    }
+    line
 }
 
 /// The strings of a JSON array (none for anything else).
@@ -434,6 +444,17 @@ fn print_status(v: &Value) {
     }
     println!("BACKENDS");
     for b in v["backends"].as_array().into_iter().flatten() {
+        let q = &b["queue"];
+        if q.is_object() {
+            println!(
+                "  {} queue: {} waiting (max {}, timeout {}), {} timed out",
+                b["name"].as_str().unwrap_or("?"),
+                q["length"],
+                q["max"],
+                q["timeout"].as_str().unwrap_or("?"),
+                q["timeouts_total"]
+            );
+        }
         for s in b["servers"].as_array().into_iter().flatten() {
             println!("  {}", server_line(s));
         }

@@ -15,6 +15,10 @@ pub const MAX_MESSAGE: usize = 2000;
 pub const MAX_ALLOW: usize = 4096;
 /// Largest server weight.
 pub const MAX_WEIGHT: u32 = 256;
+/// Largest `max_conns` of a server.
+pub const MAX_CONNS: u64 = 1_000_000;
+/// Largest `queue.max` of a backend.
+pub const MAX_QUEUE: u64 = 1_000_000;
 
 /// Client deadlines (`header_timeout`, `keepalive_timeout`,
 /// `client_body_timeout`): whole seconds are what Pingora's keep-alive
@@ -117,6 +121,38 @@ pub fn window(enabled: bool, from: Option<u64>, until: Option<u64>) -> Result<()
     }
 }
 
+/// A server's `max_conns` (0: no limit).
+pub fn max_conns(n: u64) -> Result<u64, String> {
+    if n > MAX_CONNS {
+        return Err(format!("must be between 0 and {MAX_CONNS}"));
+    }
+    Ok(n)
+}
+
+/// A server's `slowstart`: at most an hour.
+pub fn slowstart(d: std::time::Duration) -> Result<(), String> {
+    if d > std::time::Duration::from_secs(3600) {
+        return Err("must be at most 1h".into());
+    }
+    Ok(())
+}
+
+/// A backend's `queue.max` (0: no waiting).
+pub fn queue_max(n: u64) -> Result<usize, String> {
+    usize::try_from(n)
+        .ok()
+        .filter(|_| n <= MAX_QUEUE)
+        .ok_or_else(|| format!("must be between 0 and {MAX_QUEUE}"))
+}
+
+/// A backend's `queue.timeout`: 1ms to 1h.
+pub fn queue_timeout(d: std::time::Duration) -> Result<(), String> {
+    if d < std::time::Duration::from_millis(1) || d > std::time::Duration::from_secs(3600) {
+        return Err("must be between 1ms and 1h".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +221,20 @@ mod tests {
             admin_state("up"),
             Err("unknown state \"up\", expected ready, drain or maint".into())
         );
+    }
+
+    #[test]
+    fn traffic_bounds() {
+        use std::time::Duration;
+        assert_eq!(max_conns(0), Ok(0));
+        assert_eq!(max_conns(MAX_CONNS), Ok(MAX_CONNS));
+        assert!(max_conns(MAX_CONNS + 1).is_err());
+        assert!(slowstart(Duration::from_secs(3600)).is_ok());
+        assert!(slowstart(Duration::from_secs(3601)).is_err());
+        assert_eq!(queue_max(0), Ok(0));
+        assert!(queue_max(MAX_QUEUE + 1).is_err());
+        assert!(queue_timeout(Duration::from_millis(1)).is_ok());
+        assert!(queue_timeout(Duration::ZERO).is_err());
+        assert!(queue_timeout(Duration::from_secs(3601)).is_err());
     }
 }

@@ -90,6 +90,7 @@ pub struct MaintenanceFile {
     pub allow: Vec<String>,
     pub bypass_cookie: Option<String>,
     pub bypass_secret_env: Option<String>,
+    pub backend: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +158,10 @@ pub struct ServerEntryFile {
     pub backup: bool,
     #[serde(default)]
     pub state: Option<String>,
+    #[serde(default)]
+    pub max_conns: Option<u64>,
+    #[serde(default)]
+    pub slowstart: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,5 +180,16 @@ pub struct BackendFile {
     pub read_timeout: Option<String>,
     #[serde(default)]
     pub retries: Option<usize>,
+    #[serde(default)]
+    pub queue: Option<QueueFile>,
+    #[serde(default)]
+    pub on_marked_down: Option<String>,
     pub servers: Vec<ServerEntryFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueFile {
+    pub max: Option<u64>,
+    pub timeout: Option<String>,
 }

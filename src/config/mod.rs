@@ -7,6 +7,7 @@ pub mod check;
 mod file;
 pub mod model;
 pub mod time;
+mod traffic;
 
 pub use model::*;
 
@@ -533,6 +534,7 @@ impl Validator {
                     "a backend needs at least one server",
                 );
             }
+            let (queue, on_marked_down) = self.backend_traffic(f, &key);
             let mut server_names = HashSet::new();
             let servers = f
                 .servers
@@ -558,7 +560,10 @@ impl Validator {
                             AdminState::Ready
                         }),
                     };
+                    let (max_conns, slowstart) = self.server_traffic(s, &skey);
                     Server {
+                        max_conns,
+                        slowstart,
                         id: server_id(&f.name, &s.name),
                         name: s.name.clone(),
                         addr: s.addr.clone(),
@@ -576,6 +581,8 @@ impl Validator {
                 connect_timeout,
                 read_timeout,
                 retries,
+                queue,
+                on_marked_down,
                 servers,
             });
         }
@@ -774,7 +781,14 @@ impl Validator {
                     format!("invalid cookie name {bypass_cookie:?}"),
                 );
             }
+            let maintenance_backend = self.maintenance_backend(
+                m.backend.as_deref(),
+                backend,
+                backends,
+                &format!("{mkey}.backend"),
+            );
             out.push(Site {
+                maintenance_backend,
                 name: f.name.clone(),
                 hosts,
                 backend,

@@ -168,6 +168,8 @@ pub struct Site {
     pub https_port: u16,
     /// `Strict-Transport-Security` sent on answers over TLS.
     pub hsts: Option<http::HeaderValue>,
+    /// A backend that answers in maintenance instead of the local page.
+    pub maintenance_backend: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -216,6 +218,30 @@ pub struct Server {
     pub state: AdminState,
     /// Opaque sticky-cookie id, stable across instances with the same config.
     pub id: String,
+    /// Most requests (tcp: connections) in flight to it; 0 => no limit.
+    pub max_conns: u64,
+    /// How long its effective weight takes to reach its weight after it
+    /// becomes usable again; zero => at once.
+    pub slowstart: Duration,
+}
+
+/// Where requests wait for a server below its `max_conns`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// Most requests waiting; 0 => a request finding every server full is
+    /// refused at once.
+    pub max: usize,
+    /// Longest wait.
+    pub timeout: Duration,
+}
+
+/// What health marking a server down does to what is open to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMarkedDown {
+    /// Nothing: open requests and connections finish or time out.
+    None,
+    /// Requests in flight are ended and tcp connections closed.
+    ShutdownSessions,
 }
 
 #[derive(Debug, Clone)]
@@ -227,7 +253,21 @@ pub struct Backend {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub retries: usize,
+    pub queue: QueueSettings,
+    pub on_marked_down: OnMarkedDown,
     pub servers: Vec<Server>,
+}
+
+impl Backend {
+    /// Whether a server of it has a `max_conns`.
+    pub fn limited(&self) -> bool {
+        self.servers.iter().any(|s| s.max_conns > 0)
+    }
+
+    /// Whether a server of it has a `slowstart`.
+    pub fn slowstarts(&self) -> bool {
+        self.servers.iter().any(|s| !s.slowstart.is_zero())
+    }
 }
 
 /// The checked configuration.

@@ -13,5 +13,6 @@ pub mod origin;
 pub mod pages;
 pub mod route;
 pub mod select;
+pub mod slowstart;
 pub mod sni;
 pub mod sticky;

@@ -200,6 +200,7 @@ mod tests {
             bypass_cookie: "B".into(),
             force_https: false,
             https_port: 443,
+            maintenance_backend: None,
             hsts: None,
             bypass_secret_env: None,
         }

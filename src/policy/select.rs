@@ -3,6 +3,7 @@
 //! servers. Pure: the caller passes each server's admin state, weight, backup
 //! flag and health, and a key (round-robin counter, client hash or random).
 
+use super::slowstart::FULL;
 use crate::config::{AdminState, Balance};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -16,6 +17,27 @@ pub struct Candidate {
     pub up: bool,
     /// A stable per-server seed for source hashing (from the server id).
     pub seed: u64,
+    /// At its `max_conns`: balancing passes it over (a sticky request
+    /// waits for it instead).
+    pub full: bool,
+    /// Its slow-start share of its weight, in thousandths
+    /// ([`crate::policy::slowstart::FULL`] once it is over).
+    pub share: u16,
+}
+
+impl Candidate {
+    /// A server with no limit reached and no slow start under way.
+    pub fn new(state: AdminState, weight: u32, backup: bool, up: bool, seed: u64) -> Candidate {
+        Candidate {
+            state,
+            weight,
+            backup,
+            up,
+            seed,
+            full: false,
+            share: FULL,
+        }
+    }
 }
 
 /// Why a server was picked, for logs and metrics.
@@ -63,6 +85,11 @@ pub fn sticky_target(c: &Candidate, bypass: bool) -> Result<(), Redispatch> {
 }
 
 fn in_tier(c: &Candidate, tier: Tier) -> bool {
+    !c.full && in_tier_by_state(c, tier)
+}
+
+/// [`in_tier`] whether or not the server is full.
+fn in_tier_by_state(c: &Candidate, tier: Tier) -> bool {
     c.up && match tier {
         Tier::Ready => c.state == AdminState::Ready && !c.backup && c.weight > 0,
         Tier::Backup => c.state == AdminState::Ready && c.backup && c.weight > 0,
@@ -82,13 +109,25 @@ pub fn balance(
     bypass: bool,
     exclude: &[usize],
 ) -> Option<(usize, Tier)> {
+    balance_among(servers, balance, key, bypass, exclude, in_tier)
+}
+
+/// [`balance`] with the servers of a tier given by `member`.
+fn balance_among(
+    servers: &[Candidate],
+    balance: Balance,
+    key: u64,
+    bypass: bool,
+    exclude: &[usize],
+    member: fn(&Candidate, Tier) -> bool,
+) -> Option<(usize, Tier)> {
     let tiers: &[Tier] = if bypass {
         &[Tier::Ready, Tier::Backup, Tier::Maint, Tier::Drain]
     } else {
         &[Tier::Ready, Tier::Backup, Tier::Drain]
     };
     tiers.iter().find_map(|&tier| {
-        let eligible = |i: &usize| in_tier(&servers[*i], tier) && !exclude.contains(i);
+        let eligible = |i: &usize| member(&servers[*i], tier) && !exclude.contains(i);
         let pick = match balance {
             Balance::RoundRobin | Balance::Random => weighted(servers, key, eligible),
             Balance::SourceHash => rendezvous(servers, key, eligible),
@@ -103,16 +142,30 @@ fn effective_weight(c: &Candidate) -> u64 {
 }
 
 /// The server at position `key mod total weight` in the weighted sequence.
+/// While a server of it is in slow start, weights count in thousandths of
+/// their share and the key is mixed, so that its small share is spread
+/// over time rather than taken in one run.
 fn weighted(servers: &[Candidate], key: u64, eligible: impl Fn(&usize) -> bool) -> Option<usize> {
+    let ramping = (0..servers.len())
+        .filter(&eligible)
+        .any(|i| servers[i].share < FULL);
+    let weight = |c: &Candidate| {
+        if ramping {
+            effective_weight(c) * u64::from(c.share.clamp(1, FULL))
+        } else {
+            effective_weight(c)
+        }
+    };
     let seq = || {
         (0..servers.len())
             .filter(&eligible)
-            .map(|i| (i, effective_weight(&servers[i])))
+            .map(|i| (i, weight(&servers[i])))
     };
     let total: u64 = seq().map(|(_, w)| w).sum();
     if total == 0 {
         return None;
     }
+    let key = if ramping { mix(key) } else { key };
     at_weight(seq(), key % total)
 }
 
@@ -155,6 +208,41 @@ pub struct Choice {
     pub pick: Option<(usize, Tier)>,
     /// Why the sticky server was passed over, on a first attempt.
     pub redispatch: Option<Redispatch>,
+    /// No pick because the servers that could take the request are full:
+    /// it waits in the backend's queue, for this one server (its sticky
+    /// server) or for any.
+    pub wait: Option<Wait>,
+}
+
+/// What a queued request waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Its sticky server: it is not moved to another because of load.
+    Server(usize),
+    /// Any server balancing may give it ([`queue_targets`]).
+    Any,
+}
+
+/// Whether a server with `inflight` requests may take one more under its
+/// `max_conns` (0: no limit).
+pub fn below_max(inflight: u64, max_conns: u64) -> bool {
+    max_conns == 0 || inflight < max_conns
+}
+
+/// The servers a request waiting for any server may be given when one of
+/// them has room: those of the first tier balancing would use if none were
+/// full (bits as [`up_bit`]).
+pub fn queue_targets(servers: &[Candidate]) -> u64 {
+    [Tier::Ready, Tier::Backup, Tier::Drain]
+        .iter()
+        .map(|&tier| {
+            (0..servers.len())
+                .filter(|&i| in_tier_by_state(&servers[i], tier))
+                .filter_map(up_bit)
+                .fold(0, |m, b| m | b)
+        })
+        .find(|&m| m != 0)
+        .unwrap_or(0)
 }
 
 /// Any choice: the sticky server (`cookie`) if it may take the request and
@@ -174,10 +262,18 @@ pub fn choose(
     if let Some(s) = cookie.filter(|s| !tried.contains(s) && *s < servers.len()) {
         let bypassing = servers[s].state == AdminState::Maint && bypass();
         match sticky_target(&servers[s], bypassing) {
+            Ok(()) if servers[s].full => {
+                return Choice {
+                    pick: None,
+                    redispatch: None,
+                    wait: Some(Wait::Server(s)),
+                }
+            }
             Ok(()) => {
                 return Choice {
                     pick: Some((s, Tier::Sticky)),
                     redispatch: None,
+                    wait: None,
                 }
             }
             Err(reason) if tried.is_empty() => redispatch = Some(reason),
@@ -191,7 +287,16 @@ pub fn choose(
     if !matches!(pick, Some((_, Tier::Ready | Tier::Backup))) && bypass() {
         pick = balance(servers, balance_by, key, true, tried).or(pick);
     }
-    Choice { pick, redispatch }
+    // Nothing with room: wait when a server could take it but is full.
+    let wait = (pick.is_none()
+        && servers.iter().any(|c| c.full)
+        && balance_among(servers, balance_by, key, false, tried, in_tier_by_state).is_some())
+    .then_some(Wait::Any);
+    Choice {
+        pick,
+        redispatch,
+        wait,
+    }
 }
 
 /// The common first choices, decided without looking at every server: a
@@ -210,13 +315,8 @@ pub fn choose_fast(
     if let Some((s, state)) = cookie {
         // The rule of `choose` without a bypass: a server in `maint` is
         // left to it.
-        let c = Candidate {
-            state,
-            weight: 0,
-            backup: false,
-            up: up_bit(s).is_some_and(|bit| up_mask & bit != 0),
-            seed: 0,
-        };
+        let up = up_bit(s).is_some_and(|bit| up_mask & bit != 0);
+        let c = Candidate::new(state, 0, false, up, 0);
         sticky_target(&c, false).ok()?;
         return Some((s, Tier::Sticky));
     }
@@ -286,7 +386,8 @@ fn rendezvous(servers: &[Candidate], key: u64, eligible: impl Fn(&usize) -> bool
             let h = mix(key ^ servers[i].seed);
             // A uniform value in (0, 1], turned into a weighted score.
             let u = ((h >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-            (i, -(effective_weight(&servers[i]) as f64) / u.ln())
+            let share = f64::from(servers[i].share.clamp(1, FULL)) / f64::from(FULL);
+            (i, -(effective_weight(&servers[i]) as f64 * share) / u.ln())
         })
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(i, _)| i)
@@ -301,264 +402,4 @@ pub fn mix(mut x: u64) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use AdminState::*;
-
-    fn c(state: AdminState, weight: u32, backup: bool, up: bool) -> Candidate {
-        Candidate {
-            state,
-            weight,
-            backup,
-            up,
-            seed: weight as u64 * 7919 + backup as u64,
-        }
-    }
-
-    /// 1 to `max` servers of any state, weight 0 to 3, some backups, some
-    /// down, drawn from `seed`.
-    fn random_servers(seed: u64, max: u64) -> Vec<Candidate> {
-        let states = [Ready, Drain, Maint];
-        (0..1 + seed % max)
-            .map(|i| {
-                let bits = mix(seed ^ i);
-                c(
-                    states[(bits % 3) as usize],
-                    (bits >> 8) as u32 % 4,
-                    bits >> 16 & 3 == 0,
-                    bits >> 20 & 7 != 0,
-                )
-            })
-            .collect()
-    }
-
-    fn picks(servers: &[Candidate], bypass: bool) -> Vec<usize> {
-        (0..12)
-            .filter_map(|k| balance(servers, Balance::RoundRobin, k, bypass, &[]).map(|p| p.0))
-            .collect()
-    }
-
-    /// The fast choice, whenever it answers, answers as the full one does,
-    /// over every mix of states, weights, backups and health of 4 servers.
-    #[test]
-    fn fast_choice_agrees_with_full_choice() {
-        let mut checked = 0;
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        for _ in 0..20_000 {
-            x = mix(x);
-            let servers = random_servers(x, 4);
-            let n = servers.len();
-            let up_mask = servers
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.up)
-                .fold(0, |m, (i, _)| m | up_bit(i).unwrap_or(0));
-            let ready = ReadyTier::new(&servers);
-            let cookie = (x >> 40 & 1 == 1).then_some((x >> 41) as usize % n);
-            for balance_by in [Balance::RoundRobin, Balance::Random, Balance::SourceHash] {
-                let key = x >> 3;
-                let fast = choose_fast(
-                    cookie.map(|s| (s, servers[s].state)),
-                    ready.as_ref(),
-                    up_mask,
-                    balance_by,
-                    || key,
-                );
-                for bypass in [false, true] {
-                    let full = choose(&servers, cookie, &[], balance_by, || key, || bypass);
-                    if let Some(f) = fast {
-                        assert_eq!(
-                            Some(f),
-                            full.pick,
-                            "{servers:?} cookie {cookie:?} {balance_by:?}"
-                        );
-                        checked += 1;
-                    }
-                }
-            }
-        }
-        // The fast path answered often enough for the comparison to count.
-        assert!(checked > 10_000, "only {checked} fast answers");
-    }
-
-    #[test]
-    fn full_choice_reports_redispatch_on_first_attempt_only() {
-        let s = [c(Maint, 1, false, true), c(Ready, 1, false, true)];
-        let first = choose(&s, Some(0), &[], Balance::RoundRobin, || 0, || false);
-        assert_eq!(first.pick, Some((1, Tier::Ready)));
-        assert_eq!(first.redispatch, Some(Redispatch::Maint));
-        // A bypassing request keeps its server in maint.
-        let bypassing = choose(&s, Some(0), &[], Balance::RoundRobin, || 0, || true);
-        assert_eq!(bypassing.pick, Some((0, Tier::Sticky)));
-        let down = [c(Ready, 1, false, false), c(Ready, 1, false, true)];
-        let d = choose(&down, Some(0), &[], Balance::RoundRobin, || 0, || false);
-        assert_eq!(
-            (d.pick, d.redispatch),
-            (Some((1, Tier::Ready)), Some(Redispatch::Down))
-        );
-        let retry = choose(&down, Some(0), &[1], Balance::RoundRobin, || 0, || false);
-        assert_eq!((retry.pick, retry.redispatch), (None, None));
-    }
-
-    #[test]
-    fn balance_keys() {
-        let counter = AtomicU64::new(5);
-        let ip: IpAddr = "192.0.2.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        assert_eq!(balance_key(Balance::RoundRobin, &counter, ip), 5);
-        assert_eq!(balance_key(Balance::RoundRobin, &counter, ip), 6);
-        let h = balance_key(Balance::SourceHash, &counter, ip);
-        assert_eq!(h, mix(ip_key(ip)));
-        assert_eq!(counter.load(Relaxed), 7, "source hash leaves the counter");
-        let v6: IpAddr = "2001:db8::1".parse().unwrap_or(ip);
-        assert_ne!(ip_key(v6), 0);
-    }
-
-    #[test]
-    fn round_robin_spreads_by_weight() {
-        let s = [c(Ready, 1, false, true), c(Ready, 2, false, true)];
-        let p = picks(&s, false);
-        assert_eq!(p.iter().filter(|&&i| i == 0).count(), 4);
-        assert_eq!(p.iter().filter(|&&i| i == 1).count(), 8);
-    }
-
-    #[test]
-    fn drain_weight_zero_down_and_backup_take_no_new_users() {
-        let s = [
-            c(Drain, 1, false, true),
-            c(Ready, 0, false, true),
-            c(Ready, 1, false, false),
-            c(Ready, 1, true, true),
-            c(Ready, 1, false, true),
-        ];
-        assert!(picks(&s, false).iter().all(|&i| i == 4));
-    }
-
-    #[test]
-    fn backup_then_drain_as_last_resort() {
-        let mut s = [
-            c(Drain, 1, false, true),
-            c(Ready, 1, true, true),
-            c(Ready, 1, false, false),
-        ];
-        assert_eq!(
-            balance(&s, Balance::RoundRobin, 0, false, &[]),
-            Some((1, Tier::Backup))
-        );
-        s[1].up = false;
-        assert_eq!(
-            balance(&s, Balance::RoundRobin, 0, false, &[]),
-            Some((0, Tier::Drain))
-        );
-        s[0].up = false;
-        assert_eq!(balance(&s, Balance::RoundRobin, 0, false, &[]), None);
-    }
-
-    #[test]
-    fn maint_only_for_bypassing_requests_and_after_ready() {
-        let s = [c(Maint, 1, false, true), c(Drain, 1, false, true)];
-        assert_eq!(
-            balance(&s, Balance::RoundRobin, 0, false, &[]),
-            Some((1, Tier::Drain))
-        );
-        assert_eq!(
-            balance(&s, Balance::RoundRobin, 0, true, &[]),
-            Some((0, Tier::Maint))
-        );
-        let s = [c(Maint, 1, false, true), c(Ready, 1, false, true)];
-        assert!(picks(&s, true).iter().all(|&i| i == 1));
-    }
-
-    #[test]
-    fn exclude_skips_tried_servers() {
-        let s = [c(Ready, 1, false, true), c(Ready, 1, false, true)];
-        for k in 0..5 {
-            assert_eq!(
-                balance(&s, Balance::RoundRobin, k, false, &[0]),
-                Some((1, Tier::Ready))
-            );
-        }
-        assert_eq!(balance(&s, Balance::RoundRobin, 0, false, &[0, 1]), None);
-    }
-
-    /// The ready tier picks what `balance` picks whenever every one of
-    /// its servers is up, over many mixes of states, weights and keys.
-    #[test]
-    fn ready_tier_picks_as_balance_does() {
-        let mut seen_ready = 0;
-        for case in 0..2000u64 {
-            let h = mix(case);
-            let servers = random_servers(h, 6);
-            let tier = ReadyTier::new(&servers);
-            let all_up = servers
-                .iter()
-                .enumerate()
-                .all(|(i, s)| s.up || tier.as_ref().is_none_or(|t| t.mask & 1 << i == 0));
-            let Some(tier) = tier.filter(|_| all_up) else {
-                continue;
-            };
-            seen_ready += 1;
-            for key in 0..12 {
-                let k = mix(key ^ h);
-                assert_eq!(
-                    balance(&servers, Balance::RoundRobin, k, false, &[]),
-                    Some((tier.pick(k), Tier::Ready)),
-                    "case {case}, key {k}: {servers:?}"
-                );
-            }
-        }
-        assert!(seen_ready > 300, "only {seen_ready} cases had a ready tier");
-        // No ready server: no tier; past the 64th server: no bit.
-        assert_eq!(ReadyTier::new(&[c(Drain, 1, false, true)]), None);
-        let many: Vec<Candidate> = (0..65).map(|_| c(Ready, 1, false, true)).collect();
-        assert_eq!(ReadyTier::new(&many), None);
-        assert_eq!(ReadyTier::new(&many[..64]).map(|t| t.mask), Some(u64::MAX));
-    }
-
-    #[test]
-    fn sticky_rules() {
-        assert_eq!(sticky_target(&c(Ready, 0, false, true), false), Ok(()));
-        assert_eq!(sticky_target(&c(Drain, 1, false, true), false), Ok(()));
-        assert_eq!(
-            sticky_target(&c(Maint, 1, false, true), false),
-            Err(Redispatch::Maint)
-        );
-        assert_eq!(sticky_target(&c(Maint, 1, false, true), true), Ok(()));
-        assert_eq!(
-            sticky_target(&c(Ready, 1, false, false), true),
-            Err(Redispatch::Down)
-        );
-    }
-
-    #[test]
-    fn source_hash_is_stable_and_moves_only_the_removed_servers_clients() {
-        let mut s: Vec<Candidate> = (0..4)
-            .map(|i| Candidate {
-                state: Ready,
-                weight: 1,
-                backup: false,
-                up: true,
-                seed: mix(i),
-            })
-            .collect();
-        let before: Vec<usize> = (0..400u64)
-            .map(|k| {
-                balance(&s, Balance::SourceHash, mix(k), false, &[])
-                    .unwrap()
-                    .0
-            })
-            .collect();
-        for i in 0..4 {
-            let n = before.iter().filter(|&&b| b == i).count();
-            assert!(n > 50, "server {i} got only {n} of 400 clients");
-        }
-        s[2].up = false;
-        for (k, &b) in before.iter().enumerate() {
-            let now = balance(&s, Balance::SourceHash, mix(k as u64), false, &[])
-                .unwrap()
-                .0;
-            if b != 2 {
-                assert_eq!(now, b, "client {k} moved although its server stayed");
-            }
-        }
-    }
-}
+mod tests;

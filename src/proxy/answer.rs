@@ -70,13 +70,15 @@ pub async fn discard_small_body(session: &mut Session) {
     }
 }
 
-/// The site's error page: 503 when no server could take the request,
-/// 502 or 504 when the one that took it failed.
+/// The site's error page: 503 when no server could take the request
+/// (with `retry_after` when it waited in a queue in vain), 502 or 504
+/// when the one that took it failed.
 pub async fn error_page(
     rt: &Runtime,
     session: &mut Session,
     ctx: &mut Ctx,
     status: u16,
+    retry_after: Option<u64>,
 ) -> Result<()> {
     ctx.answer = Answer::ErrorPage;
     rt.metrics.sites[ctx.site].error_page.inc();
@@ -85,7 +87,7 @@ pub async fn error_page(
         .iter()
         .position(|s| *s == status)
         .map_or_else(|| pages[1].clone(), |i| pages[i].clone());
-    let mut resp = head(status, pages::HTML, body.len(), None)?;
+    let mut resp = head(status, pages::HTML, body.len(), retry_after)?;
     add_hsts(rt, ctx, &mut resp)?;
     send(session, resp, body).await
 }

@@ -15,6 +15,7 @@
 //! request's context and the order of the phases.
 
 mod account;
+mod admit;
 pub mod answer;
 pub mod headers;
 mod pin;
@@ -22,8 +23,9 @@ mod request;
 
 use crate::policy::errors::{failure, Failure};
 use crate::policy::gate::{self, Bypass};
-use crate::policy::select::{self, Candidate, Redispatch, Tier};
+use crate::policy::select::{self, Candidate, Choice, Redispatch, Tier};
 use crate::policy::sticky;
+use crate::queue::Slots;
 use crate::state::{now_ms, InFlight, Runtime, Snapshot};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -90,6 +92,10 @@ pub struct Ctx {
     answer: Answer,
     /// The request came over TLS.
     tls: bool,
+    /// Proxied to the site's maintenance backend: no stickiness.
+    maintenance_backend: bool,
+    /// Its upstream socket, remembered for `shutdown_sessions`.
+    upstream: Option<crate::sessions::Session>,
 }
 
 impl Ctx {
@@ -125,7 +131,7 @@ impl Proxy {
         let rt = &self.rt;
         let b = ctx.backend;
         let balance = rt.config.backends[b].balance;
-        if ctx.tried.is_empty() {
+        if ctx.tried.is_empty() && !(rt.slow[b] && rt.ramping(b)) {
             let snap = ctx.snap();
             let cookie = ctx.cookie_server.map(|s| (s, snap.servers[b][s].state));
             let key = || select::balance_key(balance, &rt.rr[b], ctx.client);
@@ -137,6 +143,17 @@ impl Proxy {
                 return Some(s);
             }
         }
+        let choice = self.choose_full(ctx);
+        ctx.tier = choice.pick.map(|p| p.1);
+        choice.pick.map(|p| p.0)
+    }
+
+    /// [`select::choose`] over the backend's servers as they are now
+    /// (full ones and slow starts included); counts a redispatch.
+    pub(super) fn choose_full(&self, ctx: &mut Ctx) -> Choice {
+        let rt = &self.rt;
+        let b = ctx.backend;
+        let balance = rt.config.backends[b].balance;
         let mut cands: SmallVec<[Candidate; 8]> = SmallVec::new();
         rt.candidates_into(ctx.snap(), b, |c| cands.push(c));
         let (cookie, tried, client) = (ctx.cookie_server, ctx.tried.clone(), ctx.client);
@@ -153,8 +170,7 @@ impl Proxy {
             Some(Redispatch::Maint) => rt.metrics.backends[b].redispatch_maint.inc(),
             None => {}
         }
-        let (s, tier) = choice.pick?;
-        if tier == Tier::Drain {
+        if let Some((s, Tier::Drain)) = choice.pick {
             let backend = &rt.config.backends[b];
             log::info!(
                 "{}: no ready server left, using {} in drain as a last resort",
@@ -162,16 +178,20 @@ impl Proxy {
                 backend.servers[s].name
             );
         }
-        ctx.tier = Some(tier);
-        Some(s)
+        choice
     }
 
-    /// Account a request to a server: in flight while the context holds it.
-    fn assign(&self, ctx: &mut Ctx, s: usize) {
+    /// Account a request to a server: in flight while the context holds
+    /// it (`taken`: its slot is already counted).
+    pub(super) fn assign(&self, ctx: &mut Ctx, s: usize, taken: bool) {
         let live = &self.rt.live[ctx.backend][s];
         // The previous server's count goes first.
         ctx.inflight = None;
-        ctx.inflight = Some(InFlight::new(live));
+        ctx.inflight = Some(if taken {
+            InFlight::adopt(live)
+        } else {
+            InFlight::new(live)
+        });
         ctx.server = Some(s);
         live.requests_total.fetch_add(1, Relaxed);
         if ctx.tier == Some(Tier::Sticky) {
@@ -210,6 +230,8 @@ impl ProxyHttp for Proxy {
             peer_calls: 0,
             answer: Answer::Upstream,
             tls: false,
+            maintenance_backend: false,
+            upstream: None,
         })
     }
 
@@ -289,22 +311,36 @@ impl ProxyHttp for Proxy {
                 Some(Bypass::Allow) => m.bypass_allow.inc(),
                 Some(Bypass::Token) => m.bypass_token.inc(),
                 None => {
+                    if let Some(mb) = site.maintenance_backend {
+                        if let Some((s, taken)) = self.maintenance_server(ctx, mb) {
+                            let req = session.req_header_mut();
+                            request::forwarded_headers(rt, req, ctx, last_hop, ours);
+                            ctx.backend = mb;
+                            ctx.cookie_server = None;
+                            ctx.maintenance_backend = true;
+                            ctx.answer = Answer::Maintenance;
+                            rt.metrics.sites[site_idx].maintenance_responses.inc();
+                            self.assign(ctx, s, taken);
+                            return Ok(false);
+                        }
+                    }
                     Box::pin(answer::maintenance_page(rt, session, ctx)).await?;
                     return Ok(true);
                 }
             }
         }
-        match self.choose(ctx) {
-            Some(s) => {
-                self.assign(ctx, s);
-                request::forwarded_headers(&self.rt, session.req_header_mut(), ctx, last_hop, ours);
-                Ok(false)
+        if rt.queues[ctx.backend].is_some() {
+            if Box::pin(self.admit(session, ctx)).await?.is_none() {
+                return Ok(true);
             }
-            None => {
-                Box::pin(answer::error_page(rt, session, ctx, 503)).await?;
-                Ok(true)
-            }
+        } else if let Some(s) = self.choose(ctx) {
+            self.assign(ctx, s, false);
+        } else {
+            Box::pin(answer::error_page(rt, session, ctx, 503, None)).await?;
+            return Ok(true);
         }
+        request::forwarded_headers(&self.rt, session.req_header_mut(), ctx, last_hop, ours);
+        Ok(false)
     }
 
     /// The chosen server; on a retried connect failure, the next one.
@@ -318,8 +354,21 @@ impl ProxyHttp for Proxy {
             if let Some(prev) = ctx.server {
                 ctx.tried.push(prev);
             }
-            match self.choose(ctx) {
-                Some(s) => self.assign(ctx, s),
+            // A retry never waits: a server below its limit, or none.
+            let limited = self.rt.queues[ctx.backend].is_some();
+            let pick = if limited {
+                self.choose_full(ctx)
+                    .pick
+                    .filter(|(s, _)| self.rt.live[ctx.backend][*s].try_take())
+                    .map(|(s, tier)| {
+                        ctx.tier = Some(tier);
+                        s
+                    })
+            } else {
+                self.choose(ctx)
+            };
+            match pick {
+                Some(s) => self.assign(ctx, s, limited),
                 None => {
                     return Error::e_explain(
                         ErrorType::HTTPStatus(503),
@@ -394,9 +443,20 @@ impl ProxyHttp for Proxy {
         ctx: &mut Box<Ctx>,
     ) -> FailToProxy {
         let unanswered = session.response_written().is_none();
-        let error_code = match failure(e.etype(), &e.esource) {
+        let fail = failure(e.etype(), &e.esource);
+        if ctx.maintenance_backend && unanswered && fail != Failure::Silent {
+            // The maintenance backend could not answer: the local page.
+            if let Err(err) = answer::maintenance_page(&self.rt, session, ctx).await {
+                log::debug!("cannot send the maintenance page: {err}");
+            }
+            return FailToProxy {
+                error_code: 503,
+                can_reuse_downstream: false,
+            };
+        }
+        let error_code = match fail {
             Failure::ErrorPage(status) if unanswered && ctx.snap.is_some() => {
-                if let Err(err) = answer::error_page(&self.rt, session, ctx, status).await {
+                if let Err(err) = answer::error_page(&self.rt, session, ctx, status, None).await {
                     log::debug!("cannot send the error page: {err}");
                 }
                 status
@@ -429,7 +489,7 @@ impl ProxyHttp for Proxy {
                 resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
             }
         }
-        if let Some(s) = ctx.server {
+        if let Some(s) = ctx.server.filter(|_| !ctx.maintenance_backend) {
             if ctx.cookie_server != Some(s) {
                 self.pins.pin(resp, ctx.backend, s, ctx.tls);
             }
@@ -437,7 +497,29 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    /// With `shutdown_sessions`, remember the request's upstream socket
+    /// until it ends.
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<()> {
+        let sessions = ctx
+            .server
+            .and_then(|s| self.rt.live[ctx.backend][s].sessions.as_ref());
+        if let Some(sessions) = sessions {
+            ctx.upstream = None;
+            ctx.upstream = Some(sessions.register(fd));
+        }
+        Ok(())
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<Ctx>) {
+        ctx.upstream = None;
         ctx.inflight = None;
         account::account(&self.rt, self.access_log, session, e, ctx);
     }
