@@ -424,6 +424,21 @@ fn metric_values_follow_traffic_maintenance_and_drain() {
 /// CONTRACT sections 6 and 15 (as far as built), the limits in force and
 /// the maintenance windows (docs/metrics.md): name, type, labels. The TLS families have series only
 /// with a TLS listener: tests/tls.rs reads them.
+/// The CONTRACT families with series only with a TLS listener (their
+/// labels are checked in tests/tls.rs).
+const TLS_ONLY: &[(&str, &str, &[&str])] = &[
+    (
+        "drawbridge_tls_handshakes_total",
+        "counter",
+        &["listener", "result"],
+    ),
+    (
+        "drawbridge_certificate_expiry_timestamp_seconds",
+        "gauge",
+        &["listener", "name"],
+    ),
+];
+
 const CONTRACT: &[(&str, &str, &[&str])] = &[
     ("drawbridge_connections", "gauge", &["listener"]),
     (
@@ -858,9 +873,19 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     // Health checks slow enough that a stopped server is still "up" for a
     // moment: the next request then meets a real connect error.
     let (a, mut b) = (Upstream::start("app-01"), Upstream::start("app-02"));
+    // A TLS listener too, for the certificate-expiry panel.
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
     let yaml = with_tcp_listener(&two_server_yaml(&a.addr, &b.addr))
         .replace("interval: 200ms", "interval: 1s")
-        .replace("fall: 1", "fall: 3");
+        .replace("fall: 1", "fall: 3")
+        .replacen(
+            "sites:\n",
+            &format!(
+                "  - name: websecure\n    listen: \"{}\"\n    tls: {{ cert: {fixtures}/default.pem, key: {fixtures}/default.key }}\nsites:\n",
+                free_addr()
+            ),
+            1,
+        );
     let d = Drawbridge::start(&yaml);
     let mut a = a;
     let prom = Prometheus::start(&bin, &d.metrics);
@@ -1050,7 +1075,11 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     // Fallbacks such as `or vector(0)` keep a panel from going blank, but
     // must not hide a metric name that matches nothing (a typo, a rename):
     // every name the dashboard reads is a contract metric with data.
-    let contract: BTreeSet<&str> = CONTRACT.iter().map(|(n, _, _)| *n).collect();
+    let contract: BTreeSet<&str> = CONTRACT
+        .iter()
+        .chain(TLS_ONLY)
+        .map(|(n, _, _)| *n)
+        .collect();
     let referenced: BTreeSet<String> = exprs.iter().flat_map(|(_, e)| metric_names(e)).collect();
     for name in &referenced {
         let family = ["_bucket", "_sum", "_count"]
