@@ -1,7 +1,8 @@
 //! `drawbridge reload -c FILE` (CONTRACT section 11): a changed file taken
 //! over under load without a failed request, the runtime state kept; a
 //! file `check` refuses changes nothing; a new process that cannot start
-//! leaves the old one serving.
+//! leaves the old one serving; ten reloads in a row under keep-alive load
+//! cut nothing.
 
 mod common;
 
@@ -31,7 +32,10 @@ struct Adopted(Option<u32>);
 impl Drop for Adopted {
     fn drop(&mut self) {
         if let Some(pid) = self.0 {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
         }
     }
 }
@@ -196,4 +200,106 @@ fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
     assert_eq!(serving_pid(&d), old);
     assert_eq!(d.get("/").status, 200);
     drop(taken);
+}
+
+/// Ten reloads in a row under steady keep-alive load: no connection
+/// refused, no request cut, every answer 2xx, and each new process served.
+#[test]
+fn ten_reloads_under_keep_alive_load() {
+    use drawbridge::httpc::Conn;
+    const CLIENTS: usize = 4;
+    let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
+    let d = Drawbridge::start(&two_server_yaml(&a.addr, &b.addr));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, bad) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (web, stop, ok, bad, errors) = (
+                d.web.clone(),
+                stop.clone(),
+                ok.clone(),
+                bad.clone(),
+                errors.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut conn: Option<Conn> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    let c = match conn.take() {
+                        Some(c) => c,
+                        None => match Conn::open(&web, Duration::from_secs(5)) {
+                            Ok(c) => c,
+                            Err(e) => {
+                                bad.fetch_add(1, Ordering::Relaxed);
+                                errors.lock().expect("errors").push(format!("connect: {e}"));
+                                continue;
+                            }
+                        },
+                    };
+                    let mut c = c;
+                    match c.send(&Request::new("GET", "/")) {
+                        Ok(r) if r.status == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            if !r
+                                .header("connection")
+                                .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                            {
+                                conn = Some(c);
+                            }
+                        }
+                        Ok(r) => {
+                            bad.fetch_add(1, Ordering::Relaxed);
+                            errors
+                                .lock()
+                                .expect("errors")
+                                .push(format!("status {}", r.status));
+                        }
+                        Err(e) => {
+                            bad.fetch_add(1, Ordering::Relaxed);
+                            errors.lock().expect("errors").push(format!("cut: {e}"));
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        })
+        .collect();
+    let mut adopted = Vec::new();
+    let mut pids = vec![serving_pid(&d).expect("pid")];
+    for round in 0..10 {
+        let o = reload(&d.config);
+        assert!(o.status.success(), "round {round}: {}", err(&o));
+        let mut new = None;
+        wait_until(Duration::from_secs(10), || {
+            new = serving_pid(&d).filter(|p| !pids.contains(p));
+            new.is_some()
+        });
+        let new = new.unwrap_or_else(|| panic!("round {round}: no new process answers"));
+        pids.push(new);
+        adopted.push(Adopted(Some(new)));
+    }
+    // Load across the last old processes' exits.
+    std::thread::sleep(Duration::from_secs(8));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("a client");
+    }
+    let errors = errors.lock().expect("errors").clone();
+    assert!(errors.is_empty(), "{} failures: {errors:?}", errors.len());
+    assert_eq!(bad.load(Ordering::Relaxed), 0);
+    assert!(
+        ok.load(Ordering::Relaxed) > 100,
+        "{} answers",
+        ok.load(Ordering::Relaxed)
+    );
+    // Only the last process is left (the first one is the test's child:
+    // reaped by `exited`, not a zombie in /proc).
+    let mut d = d;
+    assert!(d.proc.exited(), "the first process is still running");
+    let alive: Vec<&u32> = pids[1..]
+        .iter()
+        .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        .collect();
+    assert_eq!(alive, vec![pids.last().expect("pids")], "processes left");
+    drop((a, b));
 }
