@@ -45,35 +45,37 @@ fn assert_check_ok(rel: &str, env: &[(&str, &str)]) {
 
 #[test]
 fn the_container_config_passes_check() {
-    // Checked in the image's layout: conf/ and static/ side by side, and
-    // tls/ with the certificate the image build makes.
+    // Its admin API listens on 0.0.0.0 (so docker can publish it), which
+    // needs a token: `check`, like `run`, reads it from token_env. The
+    // compose stack sets it in the container; here we set it for the check.
+    let (_dir, config) = in_layout("docker.yaml");
+    assert_check_ok(
+        &config.to_string_lossy(),
+        &[("DRAWBRIDGE_ADMIN_TOKEN", "deploy-test-token")],
+    );
+}
+
+/// `conf/NAME` checked in the layout it is served from: conf/ and static/
+/// side by side, and tls/ with a certificate pair as `drawbridge
+/// self-signed-cert tls` (or the image build) makes it.
+fn in_layout(name: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
     for sub in ["conf", "static"] {
         std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
     }
-    std::fs::copy(
-        repo_path("conf/docker.yaml"),
-        dir.path().join("conf/docker.yaml"),
-    )
-    .expect("copy the config");
+    let config = dir.path().join("conf").join(name);
+    std::fs::copy(repo_path(&format!("conf/{name}")), &config).expect("copy the config");
     for page in std::fs::read_dir(repo_path("static")).expect("static/") {
         let page = page.expect("entry").path();
         if page.is_file() {
-            let name = page.file_name().unwrap_or_default();
-            std::fs::copy(&page, dir.path().join("static").join(name)).expect("copy a page");
+            let file = page.file_name().unwrap_or_default();
+            std::fs::copy(&page, dir.path().join("static").join(file)).expect("copy a page");
         }
     }
     let mut make = Command::new(BIN);
     make.arg("self-signed-cert").arg(dir.path().join("tls"));
     assert!(run_bounded(make).status.success());
-    // Its admin API listens on 0.0.0.0 (so docker can publish it), which
-    // needs a token: `check`, like `run`, reads it from token_env. The
-    // compose stack sets it in the container; here we set it for the check.
-    let config = dir.path().join("conf/docker.yaml");
-    assert_check_ok(
-        &config.to_string_lossy(),
-        &[("DRAWBRIDGE_ADMIN_TOKEN", "deploy-test-token")],
-    );
+    (dir, config)
 }
 
 #[test]
@@ -98,8 +100,10 @@ fn the_demo_config_passes_check() {
 
 #[test]
 fn the_default_config_passes_check() {
-    // `drawbridge run` without -c serves conf/drawbridge.yaml.
-    assert_check_ok("conf/drawbridge.yaml", &[]);
+    // `drawbridge run` without -c serves conf/drawbridge.yaml; its HTTPS
+    // listener's files are made once (or are certbot's).
+    let (_dir, config) = in_layout("drawbridge.yaml");
+    assert_check_ok(&config.to_string_lossy(), &[]);
 }
 
 #[test]
