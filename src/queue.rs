@@ -16,7 +16,10 @@
 use crate::config::QueueSettings;
 use crate::policy::select::{below_max, up_bit};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64, AtomicUsize,
+    Ordering::{Relaxed, SeqCst},
+};
 use std::sync::Mutex;
 use tokio::sync::oneshot;
 
@@ -90,7 +93,7 @@ impl Queue {
     }
 
     pub fn len(&self) -> usize {
-        self.len.load(Relaxed)
+        self.len.load(SeqCst)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -117,7 +120,7 @@ impl Queue {
             let id = w.next_id;
             w.next_id += 1;
             w.list.push_back(Waiter { id, want, tx });
-            self.len.store(w.list.len(), Relaxed);
+            self.len.store(w.list.len(), SeqCst);
             id
         };
         let mut leave = Leave {
@@ -169,7 +172,7 @@ impl Queue {
                     return;
                 }
                 let waiter = w.list.remove(pos);
-                self.len.store(w.list.len(), Relaxed);
+                self.len.store(w.list.len(), SeqCst);
                 waiter.map(|x| x.tx)
             };
             match tx.map(|tx| tx.send(s)) {
@@ -195,7 +198,7 @@ impl Queue {
                 .into_iter()
                 .partition(|x| x.want.is_none_or(&usable));
             w.list = keep;
-            self.len.store(w.list.len(), Relaxed);
+            self.len.store(w.list.len(), SeqCst);
             gone.into_iter().map(|x: Waiter| x.tx).collect()
         };
         for tx in gone {
@@ -210,7 +213,7 @@ impl Queue {
             if self.is_empty() {
                 return;
             }
-            if below_max(server.inflight().load(Relaxed), server.max_conns()) {
+            if below_max(server.inflight().load(SeqCst), server.max_conns()) {
                 self.release(s, server);
             }
         }
@@ -231,11 +234,14 @@ impl<S: Slots> Drop for Leave<'_, S> {
         let Some(mut rx) = self.rx.take() else {
             return;
         };
+        // Closed first: a slot sent from now on fails to arrive and its
+        // sender gives it back; one sent before is taken below.
+        rx.close();
         {
             let mut w = self.queue.lock();
             if let Some(pos) = w.list.iter().position(|x| x.id == self.id) {
                 w.list.remove(pos);
-                self.queue.len.store(w.list.len(), Relaxed);
+                self.queue.len.store(w.list.len(), SeqCst);
             }
         }
         if let Ok(s) = rx.try_recv() {

@@ -46,6 +46,7 @@ fn run(path: &Path) -> Result<(), String> {
         }
     };
     let old = running_pid(&config)?;
+    same_upgrade_sock(&config)?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my executable: {e}"))?;
     let sock = Path::new(&config.server.upgrade_sock);
     let mut cmd = Command::new(exe);
@@ -113,6 +114,56 @@ fn wait(
     }
 }
 
+/// Where a running process keeps the path it hands its sockets over on
+/// (next to its pid file).
+fn upgrade_sock_file(pid_file: &str) -> String {
+    format!("{pid_file}.upgrade_sock")
+}
+
+fn absolute(path: &str) -> std::path::PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// Write, next to the pid file, the absolute path of the upgrade socket
+/// this process sends its sockets to, for `reload` to compare.
+pub fn record_upgrade_sock(pid_file: &str, upgrade_sock: &str) {
+    let path = absolute(upgrade_sock);
+    if let Err(e) = std::fs::write(
+        upgrade_sock_file(pid_file),
+        path.to_string_lossy().as_bytes(),
+    ) {
+        log::warn!("cannot write {}: {e}", upgrade_sock_file(pid_file));
+    }
+}
+
+/// The running process sends its sockets to its own upgrade socket; the
+/// new one must wait on the same path, or the handover fails after the old
+/// process closed its listeners.
+fn same_upgrade_sock(config: &Config) -> Result<(), String> {
+    let file = upgrade_sock_file(&config.server.pid_file);
+    let Ok(running) = std::fs::read_to_string(&file) else {
+        return Err(format!(
+            "cannot read {file}: the running process's upgrade socket is unknown; restart it once with this version"
+        ));
+    };
+    let new = absolute(&config.server.upgrade_sock);
+    if Path::new(running.trim()) != new {
+        return Err(format!(
+            "server.upgrade_sock is {} in the new file but {} in the running process: a handover would fail; restart instead",
+            new.display(),
+            running.trim()
+        ));
+    }
+    Ok(())
+}
+
 /// The pid of the running instance, from its pid file.
 fn running_pid(config: &Config) -> Result<i32, String> {
     let file = &config.server.pid_file;
@@ -123,9 +174,21 @@ fn running_pid(config: &Config) -> Result<i32, String> {
         .trim()
         .parse()
         .map_err(|_| format!("pid file {file} holds {:?}, not a pid", text.trim()))?;
-    if !Path::new(&format!("/proc/{pid}")).exists() {
+    // A stale pid file may name another program now: only a `drawbridge
+    // run` is ever sent SIGQUIT.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let is_drawbridge = args.first().is_some_and(|a| {
+        Path::new(a)
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("drawbridge"))
+    }) && args.iter().any(|a| a == "run");
+    if !is_drawbridge {
         return Err(format!(
-            "no running drawbridge: process {pid} (pid file {file}) is gone; start it with `drawbridge run`"
+            "no running drawbridge: process {pid} (pid file {file}) is gone or is another program; start it with `drawbridge run`"
         ));
     }
     Ok(pid)

@@ -150,6 +150,10 @@ pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
         // for `reload` to find the running process.
         write_pid_file(&server.configuration.pid_file);
     }
+    crate::reload::record_upgrade_sock(
+        &server.configuration.pid_file,
+        &server.configuration.upgrade_sock,
+    );
 
     let http: Vec<(usize, &config::Listener)> = listeners
         .iter()

@@ -303,3 +303,38 @@ fn ten_reloads_under_keep_alive_load() {
     assert_eq!(alive, vec![pids.last().expect("pids")], "processes left");
     drop((a, b));
 }
+
+#[test]
+fn reload_never_signals_another_program_nor_hands_over_to_another_socket() {
+    let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
+    let d = Drawbridge::start(&two_server_yaml(&a.addr, &b.addr));
+    let old = serving_pid(&d);
+    // A new file with another upgrade socket: the old process would send
+    // its sockets where nobody waits.
+    let moved = d.dir.path().join("moved.yaml");
+    std::fs::write(
+        &moved,
+        read(&d.config).replace("upgrade.sock", "elsewhere.sock"),
+    )
+    .expect("write");
+    let o = reload(&moved);
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert!(err(&o).contains("server.upgrade_sock"), "{}", err(&o));
+    assert_eq!(serving_pid(&d), old);
+
+    // A stale pid file naming another program: it is not sent SIGQUIT.
+    let pid_file = d.dir.path().join("drawbridge.pid");
+    let mut other = Proc(Some(
+        Command::new("sleep").arg("30").spawn().expect("sleep"),
+    ));
+    let real = std::fs::read_to_string(&pid_file).expect("pid file");
+    std::fs::write(&pid_file, format!("{}\n", other.pid().expect("pid"))).expect("write");
+    let o = reload(&d.config);
+    std::fs::write(&pid_file, real).expect("restore");
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert!(err(&o).contains("another program"), "{}", err(&o));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!other.exited(), "the other program was signalled");
+    assert_eq!(serving_pid(&d), old);
+    assert_eq!(d.get("/").status, 200);
+}

@@ -2,7 +2,10 @@
 //! `2026-12-03T15:00:00+01:00`, fractions of a second ignored) or, for
 //! `ctl`, an offset from now (`+30m`). Held as Unix seconds.
 
-/// Unix seconds of an RFC 3339 date-time.
+/// The last second RFC 3339 can write: 9999-12-31T23:59:59Z.
+pub const LATEST: u64 = 253_402_300_799;
+
+/// Unix seconds of an RFC 3339 date-time (up to [`LATEST`]).
 pub fn parse_rfc3339(text: &str) -> Result<u64, String> {
     let bad = || {
         format!("invalid time {text:?}: expected RFC 3339, e.g. 2026-12-03T14:00:00Z or 2026-12-03T15:00:00+01:00")
@@ -81,12 +84,15 @@ pub fn parse_rfc3339(text: &str) -> Result<u64, String> {
     }
     let days = days_from_civil(year, month, day);
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second.min(59) - offset;
-    u64::try_from(secs).map_err(|_| bad())
+    u64::try_from(secs)
+        .ok()
+        .filter(|s| *s <= LATEST)
+        .ok_or_else(bad)
 }
 
-/// `2026-12-03T14:00:00Z`.
+/// `2026-12-03T14:00:00Z` (times past [`LATEST`] are written as it).
 pub fn format_rfc3339(secs: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.min(LATEST));
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
@@ -95,8 +101,10 @@ pub fn format_rfc3339(secs: u64) -> String {
 pub fn parse_when(text: &str, now: u64) -> Result<u64, String> {
     match text.trim().strip_prefix('+') {
         Some(d) => humantime::parse_duration(d.trim())
+            .ok()
             .map(|d| now.saturating_add(d.as_secs()))
-            .map_err(|_| format!("invalid offset {text:?}: expected e.g. +30m or +2h")),
+            .filter(|t| *t <= LATEST)
+            .ok_or_else(|| format!("invalid offset {text:?}: expected e.g. +30m or +2h")),
         None => parse_rfc3339(text),
     }
 }
@@ -184,5 +192,17 @@ mod tests {
         assert_eq!(parse_when("+2h", 0), Ok(7200));
         assert_eq!(parse_when("1970-01-01T00:01:00Z", 5), Ok(60));
         assert!(parse_when("+soon", 0).is_err());
+        assert!(
+            parse_when("+10000y", 0).is_err(),
+            "past what RFC 3339 can write"
+        );
+    }
+
+    #[test]
+    fn the_last_writable_second_is_the_limit() {
+        assert_eq!(parse_rfc3339("9999-12-31T23:59:59Z"), Ok(LATEST));
+        assert!(parse_rfc3339("9999-12-31T23:59:59-23:59").is_err());
+        assert_eq!(format_rfc3339(LATEST), "9999-12-31T23:59:59Z");
+        assert_eq!(format_rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
     }
 }

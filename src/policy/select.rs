@@ -126,14 +126,26 @@ fn balance_among(
     } else {
         &[Tier::Ready, Tier::Backup, Tier::Drain]
     };
-    tiers.iter().find_map(|&tier| {
-        let eligible = |i: &usize| member(&servers[*i], tier) && !exclude.contains(i);
-        let pick = match balance {
-            Balance::RoundRobin | Balance::Random => weighted(servers, key, eligible),
-            Balance::SourceHash => rendezvous(servers, key, eligible),
-        };
-        pick.map(|i| (i, tier))
-    })
+    // The tier is the first one with a server in it by its state: a tier
+    // whose servers are all full is not replaced by the next (backups and
+    // draining servers do not take the overflow of full ready servers; the
+    // request waits for one of them).
+    tiers
+        .iter()
+        .find_map(|&tier| {
+            let present = (0..servers.len())
+                .any(|i| in_tier_by_state(&servers[i], tier) && !exclude.contains(&i));
+            if !present {
+                return None;
+            }
+            let eligible = |i: &usize| member(&servers[*i], tier) && !exclude.contains(i);
+            let pick = match balance {
+                Balance::RoundRobin | Balance::Random => weighted(servers, key, eligible),
+                Balance::SourceHash => rendezvous(servers, key, eligible),
+            };
+            Some(pick.map(|i| (i, tier)))
+        })
+        .flatten()
 }
 
 /// Weight of a server inside its tier: last-resort tiers ignore weight 0.

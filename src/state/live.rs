@@ -36,7 +36,11 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Relaxed);
+        // SeqCst with the queue's length: a waiter that queues as this
+        // slot frees sees it, or this release sees the waiter.
+        self.0
+            .inflight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         if let Some(q) = &self.0.queue {
             q.release(self.0.index, &*self.0);
         }

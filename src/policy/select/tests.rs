@@ -274,10 +274,18 @@ fn full_servers_are_passed_over_then_the_request_waits() {
     ];
     let ch = choose(&both, None, &[], rr, || 0, || false);
     assert_eq!((ch.pick, ch.wait), (None, Some(Wait::Any)));
-    // A full ready tier is not replaced by a drain server with room.
+    // A full ready tier is not replaced by a drain or backup server with
+    // room: the request waits for a ready server.
     let tiers = [full(c(Ready, 1, false, true)), c(Drain, 1, false, true)];
     let ch = choose(&tiers, None, &[], rr, || 0, || false);
-    assert_eq!((ch.pick, ch.wait), (Some((1, Tier::Drain)), None));
+    assert_eq!((ch.pick, ch.wait), (None, Some(Wait::Any)));
+    let backup = [full(c(Ready, 1, false, true)), c(Ready, 1, true, true)];
+    let ch = choose(&backup, None, &[], rr, || 0, || false);
+    assert_eq!((ch.pick, ch.wait), (None, Some(Wait::Any)));
+    // Once the ready server is down, the backup takes it.
+    let down = [full(c(Ready, 1, false, false)), c(Ready, 1, true, true)];
+    let ch = choose(&down, None, &[], rr, || 0, || false);
+    assert_eq!((ch.pick, ch.wait), (Some((1, Tier::Backup)), None));
     // Nothing could take it even with room: no wait.
     let down = [full(c(Ready, 1, false, false)), c(Maint, 1, false, true)];
     let ch = choose(&down, None, &[], rr, || 0, || false);
