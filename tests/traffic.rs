@@ -395,6 +395,45 @@ sites:
 }
 
 #[test]
+fn a_failing_maintenance_backend_falls_back_to_the_page_counted_once() {
+    let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
+    let dead = dead_addr();
+    // No health check: the dead server is tried, and fails, every time.
+    let yaml = format!(
+        r#"listeners:
+  - name: web
+    listen: "{{web}}"
+sites:
+  - name: app
+    backend: app
+    maintenance:
+      enabled: true
+      backend: sorry
+{}
+  - name: sorry
+    retries: 0
+    servers:
+      - {{ name: sorry-01, addr: "{}" }}
+"#,
+        app_backend_yaml(&a.addr, &b.addr, ""),
+        dead.addr
+    );
+    let d = Drawbridge::start(&yaml);
+    let series = r#"drawbridge_maintenance_responses_total{site="app"}"#;
+    let before = d.metric(series);
+    for _ in 0..3 {
+        let r = d.get("/");
+        assert_eq!(r.status, 503);
+        assert!(r.header("retry-after").is_some());
+    }
+    assert_eq!(
+        d.metric(series) - before,
+        3.0,
+        "one maintenance answer each"
+    );
+}
+
+#[test]
 fn shutdown_sessions_ends_requests_to_a_server_marked_down() {
     let a = Counting::start("app-01");
     let yaml = format!(

@@ -114,8 +114,18 @@ pub async fn redirect(session: &mut Session, location: String) -> Result<()> {
 
 /// The maintenance page, HTML or JSON as the client prefers.
 pub async fn maintenance_page(rt: &Runtime, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-    ctx.answer = Answer::Maintenance;
     rt.metrics.sites[ctx.site].maintenance_responses.inc();
+    maintenance_fallback(rt, session, ctx).await
+}
+
+/// The maintenance page for a request already counted as a maintenance
+/// answer: its site's maintenance backend could not answer.
+pub async fn maintenance_fallback(
+    rt: &Runtime,
+    session: &mut Session,
+    ctx: &mut Ctx,
+) -> Result<()> {
+    ctx.answer = Answer::Maintenance;
     let snap = ctx.snap.clone().expect("loaded before the gate");
     let page = &snap.sites[ctx.site].page;
     let accept = session

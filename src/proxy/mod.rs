@@ -446,7 +446,7 @@ impl ProxyHttp for Proxy {
         let fail = failure(e.etype(), &e.esource);
         if ctx.maintenance_backend && unanswered && fail != Failure::Silent {
             // The maintenance backend could not answer: the local page.
-            if let Err(err) = answer::maintenance_page(&self.rt, session, ctx).await {
+            if let Err(err) = answer::maintenance_fallback(&self.rt, session, ctx).await {
                 log::debug!("cannot send the maintenance page: {err}");
             }
             return FailToProxy {
