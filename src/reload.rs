@@ -114,6 +114,38 @@ fn wait(
     }
 }
 
+static HANDING_OVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process is handing its sockets over to a new one (it was
+/// sent SIGQUIT): its admin API then refuses requests, so that no change
+/// is made to a process about to exit (the new one serves them).
+pub fn handing_over() -> bool {
+    HANDING_OVER.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The admin API's answer while handing over.
+pub const HANDING_OVER_ERROR: &str =
+    "this process is handing over to a new one (reload or upgrade): retry in a moment";
+
+/// Notes the SIGQUIT of a handover for [`handing_over`] (Pingora handles
+/// the handover itself on the same signal).
+pub struct HandoverWatch;
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for HandoverWatch {
+    async fn start(&self, _shutdown: pingora_core::server::ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut quit) = signal(SignalKind::quit()) else {
+            log::warn!("cannot watch for SIGQUIT: the admin API stays open during a handover");
+            return;
+        };
+        if quit.recv().await.is_some() {
+            HANDING_OVER.store(true, std::sync::atomic::Ordering::Relaxed);
+            log::info!("handing over: the admin API refuses requests from now on");
+        }
+    }
+}
+
 /// Where a running process keeps the path it hands its sockets over on
 /// (next to its pid file).
 fn upgrade_sock_file(pid_file: &str) -> String {

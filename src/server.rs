@@ -150,6 +150,12 @@ pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
         // for `reload` to find the running process.
         write_pid_file(&server.configuration.pid_file);
     }
+    if upgrade {
+        // Changes the old process made since this one read the state file.
+        if let Err(e) = rt.reread_state() {
+            log::error!("after the handover: {e}; serving the state read at start");
+        }
+    }
     crate::reload::record_upgrade_sock(
         &server.configuration.pid_file,
         &server.configuration.upgrade_sock,
@@ -226,6 +232,12 @@ pub fn run_config(config: Config, upgrade: bool, daemon: bool) -> i32 {
         h.threads = Some(1);
         server.add_service(h);
     }
+    let mut handover = pingora_core::services::background::background_service(
+        "drawbridge handover watch",
+        crate::reload::HandoverWatch,
+    );
+    handover.threads = Some(1);
+    server.add_service(handover);
     let mut scheduler = pingora_core::services::background::background_service(
         "drawbridge maintenance windows",
         crate::schedule::Scheduler { rt: rt.clone() },

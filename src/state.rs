@@ -399,6 +399,21 @@ impl Runtime {
             .unwrap_or_else(|| self.snapshot.load_full())
     }
 
+    /// Take the state file again as the current state: a process that took
+    /// over the sockets of another reads it once more after the handover,
+    /// so that a change the old process made after this one started is
+    /// kept (the old one refuses changes from the handover on).
+    pub fn reread_state(&self) -> Result<(), String> {
+        let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let (draft, _) = initial_state(&self.config)?;
+        let snapshot = build_snapshot(&self.config, &draft).map_err(|e| e.to_string())?;
+        self.publish_metrics(&snapshot);
+        self.snapshot.store(Arc::new(snapshot));
+        self.generation.fetch_add(1, Release);
+        drop(guard);
+        Ok(())
+    }
+
     /// Apply an admin change: edit a draft of the current state, check it,
     /// write it to the state file, then make it the state the next request
     /// sees. Nothing changes when any step fails.

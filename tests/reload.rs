@@ -338,3 +338,47 @@ fn reload_never_signals_another_program_nor_hands_over_to_another_socket() {
     assert_eq!(serving_pid(&d), old);
     assert_eq!(d.get("/").status, 200);
 }
+
+/// During a handover both processes accept on the admin listener: the old
+/// one refuses changes (503, which `ctl` retries), so every change is made
+/// by the new process and kept; changes the old one made before are in the
+/// state file the new one reads again after the handover.
+#[test]
+fn changes_during_a_handover_are_made_by_the_new_process_and_kept() {
+    let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));
+    let mut d = Drawbridge::start(&two_server_yaml(&a.addr, &b.addr));
+    let old = serving_pid(&d).expect("pid");
+    let o = reload(&d.config);
+    assert!(o.status.success(), "{}", err(&o));
+    let mut new = None;
+    // Changes right after the handover, while the old process still
+    // accepts connections: each is answered by the new one or refused.
+    let mut refused = 0;
+    for w in 1..=20 {
+        let r = d.api(
+            "PUT",
+            "/api/v1/backends/app/servers/app-02/weight",
+            Some(&format!(r#"{{"weight":{w}}}"#)),
+        );
+        let by: Option<u32> = r.header("x-drawbridge-pid").and_then(|p| p.parse().ok());
+        match r.status {
+            200 => {
+                assert_ne!(by, Some(old), "change {w} made by the old process");
+                new = by;
+            }
+            503 => {
+                assert_eq!(by, Some(old));
+                refused += 1;
+            }
+            s => panic!("change {w}: {s} {}", r.text()),
+        }
+    }
+    let _adopted = Adopted(new);
+    // ctl retries the refusals until the new process takes the change.
+    let o = d.ctl(&["weight", "app/app-02", "42"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(wait_until(Duration::from_secs(15), || d.proc.exited()));
+    let s = d.api("GET", "/api/v1/backends/app/servers/app-02", None);
+    assert_eq!(json(&s)["weight"], 42);
+    eprintln!("{refused} changes refused by the old process");
+}

@@ -132,8 +132,19 @@ impl Client {
                 .header("Content-Type", "application/json")
                 .body(b.to_string());
         }
-        httpc::request(&self.base, &req, timeout)
-            .map_err(|e| format!("cannot reach the admin API at {}: {e}", self.base))
+        // A process handing over to a new one refuses requests: try again
+        // (a new connection reaches the new process) for a while.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = httpc::request(&self.base, &req, timeout)
+                .map_err(|e| format!("cannot reach the admin API at {}: {e}", self.base))?;
+            let handing_over =
+                r.status == 503 && api_error(&r) == crate::reload::HANDING_OVER_ERROR;
+            if !handing_over || Instant::now() >= deadline {
+                return Ok(r);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 

@@ -222,6 +222,8 @@ fn build(status: u16, ctype: &str, body: Vec<u8>) -> Response<Vec<u8>> {
         .header("Content-Type", ctype)
         .header("Content-Length", body.len())
         .header("Cache-Control", "no-store")
+        // Which process answered: two do during a handover.
+        .header("X-Drawbridge-Pid", std::process::id())
         .body(body)
         .unwrap_or_default()
 }
@@ -252,12 +254,18 @@ impl ServeHttp for AdminApp {
         let path = req.uri.path().to_string();
         let query = req.uri.query().unwrap_or("").to_string();
         if path == "/healthz" {
-            // The pid tells `reload` which process answered.
-            let mut r = build(200, "text/plain", b"ok\n".to_vec());
-            r.headers_mut().insert(
-                "x-drawbridge-pid",
-                http::HeaderValue::from(std::process::id()),
+            // X-Drawbridge-Pid tells `reload` which process answered.
+            return build(200, "text/plain", b"ok\n".to_vec());
+        }
+        if crate::reload::handing_over()
+            && (path.starts_with("/api/") || path.starts_with("/console/"))
+        {
+            let mut r = json_response(
+                503,
+                &serde_json::json!({"error": crate::reload::HANDING_OVER_ERROR}),
             );
+            r.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(1u32));
             return r;
         }
         let f = Facts::of(session);
