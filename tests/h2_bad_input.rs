@@ -1,5 +1,6 @@
 //! HTTP/2 at a TLS listener, frame by frame (a raw client over rustls): an
-//! idle HTTP/2 connection is closed after `keepalive_timeout`; a malformed
+//! idle HTTP/2 connection, and one trickling a header block that never
+//! ends, is closed after `keepalive_timeout`; a malformed
 //! frame and a header block far over the limit end that one connection and
 //! nothing else.
 
@@ -236,4 +237,35 @@ fn a_huge_header_block_ends_only_its_connection() {
     assert_eq!(https_status(&d), "200");
     assert_eq!(d.get("/").status, 200);
     assert!(!d.log_text().contains("panicked"), "{}", d.log_text());
+}
+
+#[test]
+fn a_trickled_header_block_is_closed_at_keepalive_timeout() {
+    let (_up, d) = start("2s");
+    let mut slow = h2_connect(&d);
+    // HEADERS without END_HEADERS, then one small CONTINUATION frame every
+    // 300 ms: the stream never starts, so the connection counts as idle.
+    let block = [0x82, 0x87, 0x84];
+    slow.write_all(&frame(1, 0x1, 1, &block)).expect("headers");
+    slow.flush().expect("flush");
+    let start = Instant::now();
+    let header = [0x40, 1, b'x', 1, b'y']; // x: y, literal with indexing
+    let mut closed = None;
+    while start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(300));
+        if slow
+            .write_all(&frame(9, 0, 1, &header))
+            .and_then(|()| slow.flush())
+            .is_err()
+        {
+            closed = Some(start.elapsed());
+            break;
+        }
+    }
+    let closed = closed.unwrap_or_else(|| until_closed(&mut slow).1 + start.elapsed());
+    assert!(
+        closed >= Duration::from_millis(1500) && closed < Duration::from_secs(8),
+        "closed after {closed:?}, keepalive_timeout is 2s"
+    );
+    assert_eq!(https_status(&d), "200");
 }
