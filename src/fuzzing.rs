@@ -336,9 +336,9 @@ pub fn admin_body(data: &[u8]) {
     let fx = lock(fixture);
     let rt = &fx.rt;
     if in_force(rt) != fx.initial {
-        let (sites, servers) = fx.initial.clone();
+        let initial = fx.initial.clone();
         rt.update(|d| {
-            *d = Draft { sites, servers };
+            *d = initial;
             Ok::<_, StateError>(())
         })
         .unwrap_or_else(|e| panic!("admin fixture: reset: {e}"));
@@ -411,7 +411,7 @@ pub fn admin_body(data: &[u8]) {
         let (draft, _) = state::initial_state(&rt.config)
             .unwrap_or_else(|e| panic!("after {request:?}: the state file: {e}"));
         assert!(
-            (draft.sites, draft.servers) == after,
+            draft == after,
             "after {request:?} ({status}), the state file differs from the state in force"
         );
     }
@@ -453,15 +453,11 @@ async fn answer(app: &AdminApp, raw: Vec<u8>) -> Option<Answer> {
     })
 }
 
-type InForce = (Vec<MaintenanceSettings>, Vec<Vec<ServerAdmin>>);
+type InForce = Draft;
 
 /// What the runtime applies now: its editable state.
 fn in_force(rt: &Runtime) -> InForce {
-    let snap = rt.snapshot();
-    (
-        snap.sites.iter().map(|s| s.settings.clone()).collect(),
-        snap.servers.clone(),
-    )
+    Draft::of(&rt.snapshot())
 }
 
 struct AdminFixture {
@@ -569,19 +565,41 @@ pub fn state_file(data: &[u8]) {
         config.backends.len(),
         "backends in the draft"
     );
-    for (b, admins) in config.backends.iter().zip(&draft.servers) {
-        assert_eq!(admins.len(), b.servers.len(), "servers of {}", b.name);
-        for (s, admin) in b.servers.iter().zip(admins) {
+    for (b, list) in config.backends.iter().zip(&draft.servers) {
+        // The config's servers but those deleted, then those added.
+        let removed = file.removed.get(&b.name);
+        let added = file.added.get(&b.name);
+        let mut names: Vec<&str> = b
+            .servers
+            .iter()
+            .map(|s| s.name.as_str())
+            .filter(|n| !removed.is_some_and(|r| r.iter().any(|x| x == n)))
+            .collect();
+        for spec in added.into_iter().flatten() {
+            if !b.server(&spec.name) && !names.contains(&spec.name.as_str()) {
+                names.push(&spec.name);
+            }
+        }
+        let got: Vec<&str> = list.iter().map(|s| s.conf.name.as_str()).collect();
+        assert_eq!(got, names, "servers of {}", b.name);
+        for s in list {
+            let initial = match b.servers.iter().find(|c| c.name == s.conf.name) {
+                Some(c) => ServerAdmin {
+                    state: c.state,
+                    weight: c.weight,
+                },
+                None => ServerAdmin {
+                    state: AdminState::Maint,
+                    weight: 1,
+                },
+            };
             let expected = file
                 .servers
                 .get(&b.name)
-                .and_then(|servers| servers.get(&s.name))
+                .and_then(|servers| servers.get(&s.conf.name))
                 .copied()
-                .unwrap_or(ServerAdmin {
-                    state: s.state,
-                    weight: s.weight,
-                });
-            assert_eq!(*admin, expected, "server {}/{}", b.name, s.name);
+                .unwrap_or(initial);
+            assert_eq!(s.admin, expected, "server {}/{}", b.name, s.conf.name);
         }
     }
     assert_eq!(secret, file.bypass_secret, "the bypass secret");
@@ -613,6 +631,10 @@ struct FileView {
     sites: std::collections::BTreeMap<String, MaintenanceSettings>,
     #[serde(default)]
     servers: std::collections::BTreeMap<String, std::collections::BTreeMap<String, ServerAdmin>>,
+    #[serde(default)]
+    added: std::collections::BTreeMap<String, Vec<config::ServerSpec>>,
+    #[serde(default)]
+    removed: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 struct StateFixture {
@@ -780,14 +802,15 @@ fn check_model(config: &Config) {
         }
     }
     let draft = Draft::from_config(config);
-    let snap = state::build_snapshot(config, &draft)
+    state::check_draft(config, &draft)
         .unwrap_or_else(|e| panic!("the loader took what the runtime refuses: {e}"));
-    for (b, all) in snap.all_maint.iter().enumerate() {
+    for (b, list) in draft.servers.iter().enumerate() {
         let every = config.backends[b]
             .servers
             .iter()
             .all(|s| s.state == AdminState::Maint);
-        assert_eq!(*all, every, "all_maint of {}", config.backends[b].name);
+        let all = state::all_maint(list.iter().map(|s| s.admin.state));
+        assert_eq!(all, every, "all_maint of {}", config.backends[b].name);
     }
 }
 

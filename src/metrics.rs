@@ -31,8 +31,6 @@ pub struct SiteMetrics {
     pub bypass_token: IntCounter,
     pub error_page: IntCounter,
     pub duration: Arc<Durations>,
-    /// Requests by server of the site's backend, then status class.
-    pub requests: Vec<[IntCounter; 5]>,
     pub maintenance_requests: [IntCounter; 5],
     pub error_requests: [IntCounter; 5],
 }
@@ -131,7 +129,8 @@ impl Collector for DurationFamily {
     }
 }
 
-/// Handles for one server.
+/// Handles for one server, made when it joins its backend and removed
+/// (with [`Metrics::remove_server`]) when it leaves.
 pub struct ServerMetrics {
     pub state: [IntGauge; 3],
     pub up: IntGauge,
@@ -141,6 +140,44 @@ pub struct ServerMetrics {
     /// drain detection reads.
     pub inflight: IntGauge,
     pub connect_errors: IntCounter,
+    /// Requests by site (the sites of its backend), then status class.
+    requests: Vec<(usize, [IntCounter; 5])>,
+    /// tcp connections by listener (the tcp listeners of its backend).
+    tcp: Vec<(usize, IntCounter)>,
+}
+
+impl ServerMetrics {
+    /// Mirror the server's admin state into its three state gauges.
+    pub fn set_state(&self, st: AdminState) {
+        for (gauge, s) in self.state.iter().zip(AdminState::ALL) {
+            gauge.set(i64::from(s == st));
+        }
+    }
+
+    /// Count a request of `site` answered with status class `class`.
+    pub fn request(&self, site: usize, class: usize) {
+        if let Some((_, codes)) = self.requests.iter().find(|(s, _)| *s == site) {
+            codes[class].inc();
+        }
+    }
+
+    /// Count a tcp connection of `listener`.
+    pub fn tcp_connection(&self, listener: usize) {
+        if let Some((_, c)) = self.tcp.iter().find(|(l, _)| *l == listener) {
+            c.inc();
+        }
+    }
+}
+
+/// The families with a series per server, to make and remove them.
+struct ServerFamilies {
+    state: IntGaugeVec,
+    up: IntGaugeVec,
+    weight: GaugeVec,
+    inflight: IntGaugeVec,
+    connect_errors: IntCounterVec,
+    requests: IntCounterVec,
+    tcp_connections: IntCounterVec,
 }
 
 /// Handles for one backend.
@@ -160,11 +197,7 @@ pub struct Metrics {
     families: Vec<Family>,
     pub sites: Vec<SiteMetrics>,
     pub backends: Vec<BackendMetrics>,
-    pub servers: Vec<Vec<ServerMetrics>>,
-    pub tcp_connections: IntCounterVec,
-    /// `drawbridge_tcp_connections_total` handles by listener (empty for http
-    /// listeners), then server of the listener's backend.
-    pub tcp: Vec<Vec<IntCounter>>,
+    per_server: ServerFamilies,
     /// Per listener: client connections open (HTTP listeners).
     pub connections: Vec<IntGauge>,
     /// `drawbridge_connections_rejected_total` by listener and reason.
@@ -181,6 +214,27 @@ struct Family {
     name: &'static str,
     help: &'static str,
     kind: &'static str,
+}
+
+/// The requests counters of one site, backend and server, by status class.
+fn codes(requests: &IntCounterVec, labels: [&str; 3]) -> [IntCounter; 5] {
+    CODES.map(|c| requests.with_label_values(&[labels[0], labels[1], labels[2], c]))
+}
+
+/// The sites whose backend is `b`, with their positions.
+fn sites_of(config: &Config, b: usize) -> impl Iterator<Item = (usize, &str)> {
+    let sites = config.sites.iter().enumerate();
+    sites
+        .filter(move |(_, s)| s.backend == b)
+        .map(|(i, s)| (i, s.name.as_str()))
+}
+
+/// The tcp listeners whose backend is `b`, with their positions.
+fn tcp_listeners_of(config: &Config, b: usize) -> impl Iterator<Item = (usize, &str)> {
+    let listeners = config.listeners.iter().enumerate();
+    listeners
+        .filter(move |(_, l)| l.protocol == Protocol::Tcp && l.backend == Some(b))
+        .map(|(i, l)| (i, l.name.as_str()))
 }
 
 /// Index of the status class of `status` in [`CODES`].
@@ -363,9 +417,7 @@ impl Metrics {
             &["listener", "backend", "server"],
         )?;
 
-        let codes = |labels: [&str; 3]| -> [IntCounter; 5] {
-            CODES.map(|c| requests.with_label_values(&[labels[0], labels[1], labels[2], c]))
-        };
+        let codes = |labels: [&str; 3]| -> [IntCounter; 5] { codes(&requests, labels) };
         let sites = config
             .sites
             .iter()
@@ -381,11 +433,6 @@ impl Metrics {
                     bypass_token: m_bypass.with_label_values(&[&s.name, "token"]),
                     error_page: err_page.with_label_values(&[&s.name]),
                     duration,
-                    requests: b
-                        .servers
-                        .iter()
-                        .map(|sv| codes([&s.name, &b.name, &sv.name]))
-                        .collect(),
                     maintenance_requests: codes([&s.name, &b.name, SERVER_MAINTENANCE]),
                     error_requests: codes([&s.name, &b.name, SERVER_ERROR]),
                 }
@@ -412,42 +459,6 @@ impl Metrics {
                 redispatch_down: redispatch.with_label_values(&[&b.name, "down"]),
                 redispatch_maint: redispatch.with_label_values(&[&b.name, "maint"]),
                 redispatch_unknown: redispatch.with_label_values(&[&b.name, "unknown"]),
-            })
-            .collect();
-        let servers = config
-            .backends
-            .iter()
-            .map(|b| {
-                b.servers
-                    .iter()
-                    .map(|s| {
-                        let l = [b.name.as_str(), s.name.as_str()];
-                        ServerMetrics {
-                            state: AdminState::ALL
-                                .map(|st| state.with_label_values(&[l[0], l[1], st.as_str()])),
-                            up: up.with_label_values(&l),
-                            weight: weight.with_label_values(&l),
-                            inflight: inflight.with_label_values(&l),
-                            connect_errors: connect_errors.with_label_values(&l),
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
-        // Series of tcp listeners exist from the start, at 0, like the
-        // others: a dashboard's rate() then shows 0 rather than nothing.
-        let tcp = config
-            .listeners
-            .iter()
-            .map(|l| match l.backend {
-                Some(b) if l.protocol == Protocol::Tcp => {
-                    let b = &config.backends[b];
-                    b.servers
-                        .iter()
-                        .map(|s| tcp_connections.with_label_values(&[&l.name, &b.name, &s.name]))
-                        .collect()
-                }
-                _ => Vec::new(),
             })
             .collect();
         let connections = gauge_vec(
@@ -513,20 +524,67 @@ impl Metrics {
             families: f,
             sites,
             backends,
-            servers,
-            tcp_connections,
-            tcp,
+            per_server: ServerFamilies {
+                state,
+                up,
+                weight,
+                inflight,
+                connect_errors,
+                requests,
+                tcp_connections,
+            },
         })
     }
 
-    /// Mirror a server's admin state into its three state gauges.
-    pub fn set_state(&self, backend: usize, server: usize, st: AdminState) {
-        for (gauge, s) in self.servers[backend][server]
-            .state
-            .iter()
-            .zip(AdminState::ALL)
-        {
-            gauge.set(i64::from(s == st));
+    /// The series of server `name` of backend `b`: made at 0 (a
+    /// dashboard's rate() then shows 0 rather than nothing).
+    pub fn server(&self, config: &Config, b: usize, name: &str) -> ServerMetrics {
+        let f = &self.per_server;
+        let backend = config.backends[b].name.as_str();
+        let l = [backend, name];
+        ServerMetrics {
+            state: AdminState::ALL.map(|st| f.state.with_label_values(&[l[0], l[1], st.as_str()])),
+            up: f.up.with_label_values(&l),
+            weight: f.weight.with_label_values(&l),
+            inflight: f.inflight.with_label_values(&l),
+            connect_errors: f.connect_errors.with_label_values(&l),
+            requests: sites_of(config, b)
+                .map(|(i, site)| (i, codes(&f.requests, [site, backend, name])))
+                .collect(),
+            tcp: tcp_listeners_of(config, b)
+                .map(|(i, listener)| {
+                    (
+                        i,
+                        f.tcp_connections
+                            .with_label_values(&[listener, backend, name]),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Remove every series of server `name` of backend `b` (it left the
+    /// backend).
+    pub fn remove_server(&self, config: &Config, b: usize, name: &str) {
+        let f = &self.per_server;
+        let backend = config.backends[b].name.as_str();
+        let l = [backend, name];
+        for st in AdminState::ALL {
+            let _ = f.state.remove_label_values(&[l[0], l[1], st.as_str()]);
+        }
+        let _ = f.up.remove_label_values(&l);
+        let _ = f.weight.remove_label_values(&l);
+        let _ = f.inflight.remove_label_values(&l);
+        let _ = f.connect_errors.remove_label_values(&l);
+        for (_, site) in sites_of(config, b) {
+            for c in CODES {
+                let _ = f.requests.remove_label_values(&[site, backend, name, c]);
+            }
+        }
+        for (_, listener) in tcp_listeners_of(config, b) {
+            let _ = f
+                .tcp_connections
+                .remove_label_values(&[listener, backend, name]);
         }
     }
 

@@ -6,30 +6,28 @@
 //! flight, last sticky request) are atomics beside it.
 
 mod file;
-mod live;
+mod server;
 
 use file::{end_window, generate_secret, to_file, write_state};
 pub use file::{initial_state, restored};
-pub use live::{InFlight, ServerLive};
+pub use server::{InFlight, Server, ServerQueue};
 
-use crate::config::{check, compile_paths, AdminState, Config, MaintenanceSettings};
+use crate::config::{self, check, compile_paths, AdminState, Config, MaintenanceSettings};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::policy::pages::{render_error, MaintenancePage, ERROR_STATUSES};
 use crate::policy::route::Router;
-use crate::policy::select::{self, mix, up_bit, Candidate, ReadyTier};
+use crate::policy::select::{self, up_bit, Candidate, ReadyTier};
 use crate::policy::{bypass, gate, slowstart};
 use crate::queue::Queue;
-use crate::sessions::Sessions;
 use crate::tls::{CertSet, CertStore};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use regex::RegexSet;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
-use std::net::ToSocketAddrs;
 use std::sync::atomic::{
-    AtomicBool, AtomicU64,
+    AtomicU64,
     Ordering::{Acquire, Relaxed, Release},
 };
 use std::sync::{Arc, Mutex};
@@ -72,23 +70,70 @@ pub struct SiteState {
     pub page: MaintenancePage,
 }
 
+/// A server of a backend as a snapshot has it: its admin state and
+/// weight, and the server.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub state: AdminState,
+    pub weight: u32,
+    pub server: Arc<Server>,
+}
+
+impl Member {
+    pub fn admin(&self) -> ServerAdmin {
+        ServerAdmin {
+            state: self.state,
+            weight: self.weight,
+        }
+    }
+}
+
 /// Everything an admin change can touch, replaced whole on each change.
 #[derive(Debug)]
 pub struct Snapshot {
     pub sites: Vec<SiteState>,
-    pub servers: Vec<Vec<ServerAdmin>>,
+    /// Per backend: its servers, in order (the config's, then those added
+    /// at runtime). A request keeps the snapshot it loaded, so positions
+    /// are stable for it; anything that outlives a request knows a server
+    /// by its `Arc` or [`Server::key`].
+    pub servers: Vec<Vec<Member>>,
     /// Per backend: every server is in `maint`, which puts its sites in
     /// maintenance.
     pub all_maint: Vec<bool>,
     /// Per backend: its ready tier, for balancing while it is all up.
     pub ready: Vec<Option<ReadyTier>>,
+    /// Per backend: the up bits ([`up_bit`]) of its first 64 servers, as
+    /// their `up` flags have them, read in one load when balancing; kept
+    /// by [`Runtime::set_health`].
+    pub up_mask: Vec<AtomicU64>,
+}
+
+impl Snapshot {
+    /// The position of server `name` of backend `b`.
+    pub fn find(&self, b: usize, name: &str) -> Option<usize> {
+        self.servers[b].iter().position(|m| m.server.name() == name)
+    }
+
+    /// The position of the server keyed `key` in backend `b`.
+    pub fn position(&self, b: usize, key: u64) -> Option<usize> {
+        self.servers[b].iter().position(|m| m.server.key == key)
+    }
+}
+
+/// A server in a draft: what it is and its admin state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DraftServer {
+    pub conf: Arc<config::Server>,
+    pub admin: ServerAdmin,
+    /// Added at runtime (kept in the state file), not from the config.
+    pub added: bool,
 }
 
 /// The editable part of a snapshot, handed to admin changes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Draft {
     pub sites: Vec<MaintenanceSettings>,
-    pub servers: Vec<Vec<ServerAdmin>>,
+    pub servers: Vec<Vec<DraftServer>>,
 }
 
 impl Draft {
@@ -102,9 +147,13 @@ impl Draft {
                 .map(|b| {
                     b.servers
                         .iter()
-                        .map(|s| ServerAdmin {
-                            state: s.state,
-                            weight: s.weight,
+                        .map(|s| DraftServer {
+                            admin: ServerAdmin {
+                                state: s.state,
+                                weight: s.weight,
+                            },
+                            conf: Arc::new(s.clone()),
+                            added: false,
                         })
                         .collect()
                 })
@@ -116,8 +165,31 @@ impl Draft {
     pub fn of(snap: &Snapshot) -> Draft {
         Draft {
             sites: snap.sites.iter().map(|s| s.settings.clone()).collect(),
-            servers: snap.servers.clone(),
+            servers: snap
+                .servers
+                .iter()
+                .map(|b| {
+                    b.iter()
+                        .map(|m| DraftServer {
+                            conf: m.server.conf.clone(),
+                            admin: m.admin(),
+                            added: m.server.added,
+                        })
+                        .collect()
+                })
+                .collect(),
         }
+    }
+
+    /// The position of server `name` of backend `b`.
+    pub fn find(&self, b: usize, name: &str) -> Option<usize> {
+        self.servers[b].iter().position(|s| s.conf.name == name)
+    }
+
+    /// The admin states and weights, per backend.
+    pub fn admins(&self) -> Vec<Vec<ServerAdmin>> {
+        let admins = |b: &Vec<DraftServer>| b.iter().map(|s| s.admin).collect();
+        self.servers.iter().map(admins).collect()
     }
 }
 
@@ -129,10 +201,6 @@ pub struct Runtime {
     /// Bumped after each new snapshot is stored: a thread's cached copy is
     /// current while this has not moved.
     generation: AtomicU64,
-    pub live: Vec<Vec<Arc<ServerLive>>>,
-    /// Per backend: the up bits ([`up_bit`]) of its first 64 servers, as
-    /// `live[..].up` has them, read in one load when balancing.
-    pub up_mask: Vec<AtomicU64>,
     /// Round-robin counters, one per backend.
     pub rr: Vec<AtomicU64>,
     /// Bypass-token key per site.
@@ -146,7 +214,7 @@ pub struct Runtime {
     /// Per listener: its certificates, if it terminates TLS.
     pub certs: Vec<Option<CertStore>>,
     /// Per backend: its queue, when a server of it has a `max_conns`.
-    pub queues: Vec<Option<Arc<Queue>>>,
+    pub queues: Vec<Option<Arc<ServerQueue>>>,
     /// Per backend: a server of it has a `slowstart`.
     pub slow: Vec<bool>,
     /// Serialises admin changes and state-file writes; holds the generated
@@ -191,54 +259,28 @@ impl Runtime {
                 bypass::Key::derive(from_env.as_deref().unwrap_or(&secret).as_bytes())
             })
             .collect();
-        let mut live = Vec::new();
-        let mut queues = Vec::new();
-        for b in &config.backends {
-            let queue = b.limited().then(|| Arc::new(Queue::new(b.queue, u64::MAX)));
-            let shutdown = b.on_marked_down == crate::config::OnMarkedDown::ShutdownSessions;
-            let mut servers = Vec::new();
-            for (index, s) in b.servers.iter().enumerate() {
-                let addr = s
-                    .addr
-                    .to_socket_addrs()
-                    .ok()
-                    .and_then(|mut a| a.next())
-                    .ok_or_else(|| {
-                        format!(
-                            "backend {}: server {}: cannot resolve {:?}",
-                            b.name, s.name, s.addr
-                        )
-                    })?;
-                servers.push(Arc::new(ServerLive {
-                    up: AtomicBool::new(true),
-                    inflight: AtomicU64::new(0),
-                    last_sticky_ms: AtomicU64::new(0),
-                    sticky_clients: crate::sketch::RecentClients::new(),
-                    requests_total: AtomicU64::new(0),
-                    seed: mix(u64::from_str_radix(&s.id, 16).unwrap_or(0)),
-                    addr,
-                    index,
-                    max_conns: s.max_conns,
-                    queue: queue.clone(),
-                    usable_since_ms: AtomicU64::new(0),
-                    slowstart: s.slowstart,
-                    sessions: shutdown.then(|| Arc::new(Sessions::default())),
-                    marked_down: tokio::sync::Notify::new(),
-                }));
-            }
-            live.push(servers);
-            queues.push(queue);
-        }
         let metrics = Metrics::new(&config).map_err(|e| format!("metrics: {e}"))?;
-        let snapshot = build_snapshot(&config, &draft)
-            .map_err(|e| format!("state file {}: {e}", path.display()))?;
-        let up_mask = live
+        let queues: Vec<Option<Arc<ServerQueue>>> = config
+            .backends
             .iter()
-            .map(|servers| {
-                let bits = (0..servers.len()).filter_map(up_bit);
-                AtomicU64::new(bits.fold(0, |m, b| m | b))
+            .map(|b| {
+                b.limited()
+                    .then(|| Arc::new(Queue::new(b.queue, Vec::new())))
             })
             .collect();
+        let mut servers = Vec::new();
+        for (b, list) in draft.servers.iter().enumerate() {
+            let mut members = Vec::new();
+            for ds in list {
+                let q = queues[b].clone();
+                let server = Server::new(&config, &metrics, q, b, ds.conf.clone(), ds.added, true)?;
+                members.push(Arc::new(server));
+            }
+            servers.push(members);
+        }
+        let sites = check_draft(&config, &draft)
+            .map_err(|e| format!("state file {}: {e}", path.display()))?;
+        let snapshot = assemble(sites, &draft, servers);
         let limiter = Arc::new(Limiter::new(&config, nofile));
         let certs = config
             .listeners
@@ -261,7 +303,6 @@ impl Runtime {
             certs,
             id: NEXT_RUNTIME.fetch_add(1, Relaxed),
             generation: AtomicU64::new(0),
-            up_mask,
             rr: config.backends.iter().map(|_| AtomicU64::new(0)).collect(),
             keys,
             error_pages: config
@@ -274,7 +315,6 @@ impl Runtime {
                 .collect(),
             router: Router::new(&config.sites),
             metrics,
-            live,
             snapshot: ArcSwap::from_pointee(snapshot),
             writer: Mutex::new(Some(secret)),
             config: Arc::new(config),
@@ -285,10 +325,8 @@ impl Runtime {
         }
         rt.publish_limits();
         rt.publish_certificates();
-        for servers in &rt.metrics.servers {
-            for m in servers {
-                m.up.set(1);
-            }
+        for m in rt.snapshot.load().servers.iter().flatten() {
+            m.server.metrics.up.set(1);
         }
         // Write at once: the generated secret must outlive this process,
         // and names gone from the config leave the file.
@@ -327,11 +365,9 @@ impl Runtime {
     pub fn reread_state(&self) -> Result<(), String> {
         let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let (draft, _) = initial_state(&self.config)?;
-        let snapshot = build_snapshot(&self.config, &draft).map_err(|e| e.to_string())?;
-        self.publish_metrics(&snapshot);
-        self.snapshot.store(Arc::new(snapshot));
-        self.generation.fetch_add(1, Release);
+        self.commit(&draft, None).map_err(|e| e.to_string())?;
         drop(guard);
+        self.refresh_queues();
         Ok(())
     }
 
@@ -343,36 +379,122 @@ impl Runtime {
         edit: impl FnOnce(&mut Draft) -> Result<T, E>,
     ) -> Result<T, E> {
         let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.snapshot.load();
-        let mut draft = Draft::of(&current);
+        let mut draft = Draft::of(&self.snapshot.load());
         let out = edit(&mut draft)?;
-        let snapshot = build_snapshot(&self.config, &draft)?;
-        write_state(
-            &self.config.state_file,
-            &to_file(&self.config, &draft, guard.as_deref()),
-        )
-        .map_err(|e| {
-            StateError::Storage(format!(
-                "cannot write the state file {}: {e}",
-                self.config.state_file.display()
-            ))
-        })?;
+        self.commit(&draft, Some(guard.as_deref()))?;
+        drop(guard);
+        self.refresh_queues();
+        Ok(out)
+    }
+
+    /// Make `draft` the current state (the writer lock held): checked,
+    /// its new servers made, written to the state file when `write` holds
+    /// the secret to keep, then swapped in; servers it no longer has lose
+    /// their metric series.
+    fn commit(&self, draft: &Draft, write: Option<Option<&str>>) -> Result<(), StateError> {
+        let current = self.snapshot.load_full();
+        let sites = check_draft(&self.config, draft)?;
+        let mut made = Vec::new();
+        let servers = self.servers_of(&current, draft, &mut made);
+        let written = match (&servers, write) {
+            (Ok(_), Some(secret)) => write_state(
+                &self.config.state_file,
+                &to_file(&self.config, draft, secret),
+            )
+            .map_err(|e| {
+                StateError::Storage(format!(
+                    "cannot write the state file {}: {e}",
+                    self.config.state_file.display()
+                ))
+            }),
+            _ => Ok(()),
+        };
+        let servers = match (servers, written) {
+            (Ok(servers), Ok(())) => servers,
+            (Err(e), _) | (_, Err(e)) => {
+                for s in made {
+                    self.leave(&current, &s);
+                }
+                return Err(e);
+            }
+        };
+        let snapshot = assemble(sites, draft, servers);
         self.publish_metrics(&snapshot);
         let now = now_ms();
-        for (b, (before, after)) in current.servers.iter().zip(&snapshot.servers).enumerate() {
-            for (s, (x, y)) in before.iter().zip(after).enumerate() {
-                if x.state != AdminState::Ready && y.state == AdminState::Ready {
-                    self.live[b][s].usable_since_ms.store(now, Relaxed);
-                }
+        for m in snapshot.servers.iter().flatten() {
+            let before = current.servers[m.server.backend]
+                .iter()
+                .find(|x| Arc::ptr_eq(&x.server, &m.server));
+            if before.is_some_and(|x| x.state != AdminState::Ready) && m.state == AdminState::Ready
+            {
+                m.server.usable_since_ms.store(now, Relaxed);
             }
         }
         self.snapshot.store(Arc::new(snapshot));
         self.generation.fetch_add(1, Release);
-        drop(guard);
-        for b in 0..self.queues.len() {
-            self.refresh_queue(b);
+        let snapshot = self.snapshot.load();
+        for old in current.servers.iter().flatten() {
+            if !snapshot.servers[old.server.backend]
+                .iter()
+                .any(|m| Arc::ptr_eq(&m.server, &old.server))
+            {
+                self.leave(&snapshot, &old.server);
+            }
+        }
+        Ok(())
+    }
+
+    /// The servers of `draft`: the current ones it keeps (same name and
+    /// definition), and new ones for the others (pushed to `made`).
+    fn servers_of(
+        &self,
+        current: &Snapshot,
+        draft: &Draft,
+        made: &mut Vec<Arc<Server>>,
+    ) -> Result<Vec<Vec<Arc<Server>>>, StateError> {
+        let mut out = Vec::with_capacity(draft.servers.len());
+        for (b, list) in draft.servers.iter().enumerate() {
+            let mut members = Vec::with_capacity(list.len());
+            for ds in list {
+                let kept = current.servers[b]
+                    .iter()
+                    .find(|m| m.server.conf == ds.conf && m.server.added == ds.added);
+                let server = match kept {
+                    Some(m) => m.server.clone(),
+                    None => {
+                        // With a health check, a new server waits for it.
+                        let up = self.config.backends[b].health_check.is_none();
+                        let q = self.queues[b].clone();
+                        let server = Server::new(
+                            &self.config,
+                            &self.metrics,
+                            q,
+                            b,
+                            ds.conf.clone(),
+                            ds.added,
+                            up,
+                        )
+                        .map_err(StateError::Invalid)?;
+                        let server = Arc::new(server);
+                        server.metrics.up.set(i64::from(up));
+                        made.push(server.clone());
+                        server
+                    }
+                };
+                members.push(server);
+            }
+            out.push(members);
         }
         Ok(out)
+    }
+
+    /// `server` left its backend (`now` being the state without it): its
+    /// metric series go, unless a server of the same name took them over.
+    fn leave(&self, now: &Snapshot, server: &Arc<Server>) {
+        let b = server.backend;
+        if now.find(b, server.name()).is_none() {
+            self.metrics.remove_server(&self.config, b, server.name());
+        }
     }
 
     fn persist(&self, draft: &Draft) -> std::io::Result<()> {
@@ -389,14 +511,17 @@ impl Runtime {
         let snap = self.snapshot();
         self.publish_sites(&snap);
         let now = now_ms();
-        for (b, (metrics, live)) in self.metrics.servers.iter().zip(&self.live).enumerate() {
-            for (s, (m, l)) in metrics.iter().zip(live).enumerate() {
-                m.inflight
-                    .set(i64::try_from(l.inflight.load(Relaxed)).unwrap_or(i64::MAX));
-                m.weight.set(slowstart::effective_weight(
-                    snap.servers[b][s].weight,
-                    l.share(now),
-                ));
+        for (b, members) in snap.servers.iter().enumerate() {
+            for m in members {
+                let (server, metrics) = (&m.server, &m.server.metrics);
+                let inflight = server.inflight.load(Relaxed);
+                metrics
+                    .inflight
+                    .set(i64::try_from(inflight).unwrap_or(i64::MAX));
+                let share = server.share(now);
+                metrics
+                    .weight
+                    .set(slowstart::effective_weight(m.weight, share));
             }
             if let Some(q) = &self.queues[b] {
                 let len = i64::try_from(q.len()).unwrap_or(i64::MAX);
@@ -526,14 +651,14 @@ impl Runtime {
 
     fn publish_metrics(&self, snap: &Snapshot) {
         self.publish_sites(snap);
-        for (b, servers) in snap.servers.iter().enumerate() {
-            for (s, admin) in servers.iter().enumerate() {
-                self.metrics.set_state(b, s, admin.state);
-                let share = self.live[b][s].share(now_ms());
-                self.metrics.servers[b][s]
-                    .weight
-                    .set(slowstart::effective_weight(admin.weight, share));
-            }
+        let now = now_ms();
+        for m in snap.servers.iter().flatten() {
+            let metrics = &m.server.metrics;
+            metrics.set_state(m.state);
+            let share = m.server.share(now);
+            metrics
+                .weight
+                .set(slowstart::effective_weight(m.weight, share));
         }
     }
 
@@ -547,34 +672,38 @@ impl Runtime {
         let b = &self.config.backends[backend];
         let (limited, slow) = (b.limited(), b.slowstarts());
         let now = if slow { now_ms() } else { 0 };
-        for ((admin, live), c) in snap.servers[backend]
-            .iter()
-            .zip(&self.live[backend])
-            .zip(&b.servers)
-        {
+        for m in &snap.servers[backend] {
+            let server = &m.server;
             let mut cand = Candidate::new(
-                admin.state,
-                admin.weight,
-                c.backup,
-                live.up.load(Relaxed),
-                live.seed,
+                m.state,
+                m.weight,
+                server.conf.backup,
+                server.up.load(Relaxed),
+                server.seed,
             );
             if limited {
-                cand.full = !select::below_max(live.inflight.load(Relaxed), live.max_conns);
+                let inflight = server.inflight.load(Relaxed);
+                cand.full = !select::below_max(inflight, server.conf.max_conns);
             }
             if slow {
-                cand.share = live.share(now);
+                cand.share = server.share(now);
             }
             push(cand);
         }
     }
 
     /// Whether a server of `backend` is in slow start now.
-    pub fn ramping(&self, backend: usize) -> bool {
+    pub fn ramping(&self, snap: &Snapshot, backend: usize) -> bool {
         let now = now_ms();
-        self.live[backend]
+        snap.servers[backend]
             .iter()
-            .any(|l| l.share(now) < slowstart::FULL)
+            .any(|m| m.server.share(now) < slowstart::FULL)
+    }
+
+    fn refresh_queues(&self) {
+        for b in 0..self.queues.len() {
+            self.refresh_queue(b);
+        }
     }
 
     /// Which servers the backend's queued requests may be given, from the
@@ -583,60 +712,80 @@ impl Runtime {
         let Some(q) = &self.queues[backend] else {
             return;
         };
+        let snap = self.snapshot();
         let mut cands = Vec::new();
-        self.candidates_into(&self.snapshot(), backend, |mut c| {
+        self.candidates_into(&snap, backend, |mut c| {
             c.full = false;
             cands.push(c);
         });
-        q.set_targets(select::queue_targets(&cands));
-        q.evict(|s| {
-            cands
-                .get(s)
-                .is_some_and(|c| select::sticky_target(c, false).is_ok())
+        let members = &snap.servers[backend];
+        let targets = select::queue_targets(&cands);
+        let keys = members.iter().enumerate().filter_map(|(i, m)| {
+            up_bit(i)
+                .is_some_and(|bit| targets & bit != 0)
+                .then_some(m.server.key)
         });
-        q.kick(&self.live[backend]);
+        q.set_targets(keys.collect());
+        q.evict(|key| {
+            let i = members.iter().position(|m| m.server.key == key);
+            i.is_some_and(|i| select::sticky_target(&cands[i], false).is_ok())
+        });
+        let servers: Vec<Arc<Server>> = members.iter().map(|m| m.server.clone()).collect();
+        q.kick(&servers);
     }
 
     /// Mirror a health-check verdict (called on changes only).
-    pub fn set_health(&self, backend: usize, server: usize, up: bool) {
-        let live = &self.live[backend][server];
-        let was = live.up.swap(up, Relaxed);
-        if up && !was {
-            live.usable_since_ms.store(now_ms(), Relaxed);
-        }
-        if let Some(bit) = up_bit(server) {
-            if up {
-                self.up_mask[backend].fetch_or(bit, Relaxed);
-            } else {
-                self.up_mask[backend].fetch_and(!bit, Relaxed);
+    pub fn set_health(&self, server: &Arc<Server>, up: bool) {
+        let b = server.backend;
+        {
+            // With the writer's lock: a snapshot being made reads the
+            // flags after this one's bit is set, or before the flag is.
+            let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let was = server.up.swap(up, Relaxed);
+            if up && !was {
+                server.usable_since_ms.store(now_ms(), Relaxed);
+            }
+            let snap = self.snapshot.load();
+            let pos = snap.servers[b]
+                .iter()
+                .position(|m| Arc::ptr_eq(&m.server, server));
+            if let Some(bit) = pos.and_then(up_bit) {
+                if up {
+                    snap.up_mask[b].fetch_or(bit, Relaxed);
+                } else {
+                    snap.up_mask[b].fetch_and(!bit, Relaxed);
+                }
             }
         }
-        self.metrics.servers[backend][server].up.set(i64::from(up));
-        let (b, s) = (
-            &self.config.backends[backend],
-            &self.config.backends[backend].servers[server],
-        );
+        server.metrics.up.set(i64::from(up));
+        let (name, addr) = (&self.config.backends[b].name, &server.conf.addr);
         if up {
-            log::info!("health: {}/{} ({}) is up", b.name, s.name, s.addr);
+            log::info!("health: {name}/{} ({addr}) is up", server.name());
         } else {
-            log::warn!("health: {}/{} ({}) is down", b.name, s.name, s.addr);
-            if let Some(sessions) = &live.sessions {
-                let n = sessions.shutdown_all(live.addr);
-                live.marked_down.notify_waiters();
+            log::warn!("health: {name}/{} ({addr}) is down", server.name());
+            if let Some(sessions) = &server.sessions {
+                let n = sessions.shutdown_all(server.addr);
+                server.marked_down.notify_waiters();
                 log::warn!(
-                    "health: {}/{}: {n} requests in flight ended (shutdown_sessions)",
-                    b.name,
-                    s.name
+                    "health: {name}/{}: {n} requests in flight ended (shutdown_sessions)",
+                    server.name()
                 );
             }
         }
-        self.refresh_queue(backend);
+        self.refresh_queue(b);
     }
 }
 
-/// Check, compile and render a draft into a snapshot. The same checks
+/// Whether a backend's servers put its sites in maintenance: it has some
+/// and every one is in `maint`.
+pub fn all_maint(states: impl ExactSizeIterator<Item = AdminState>) -> bool {
+    let mut states = states;
+    states.len() > 0 && states.all(|s| s == AdminState::Maint)
+}
+
+/// Check a draft and compile and render its sites: the same checks
 /// whether the draft comes from the API or the state file.
-pub fn build_snapshot(config: &Config, draft: &Draft) -> Result<Snapshot, StateError> {
+pub fn check_draft(config: &Config, draft: &Draft) -> Result<Vec<SiteState>, StateError> {
     let mut sites = Vec::with_capacity(draft.sites.len());
     for (site, settings) in config.sites.iter().zip(&draft.sites) {
         check::maintenance(settings).map_err(StateError::Invalid)?;
@@ -656,199 +805,77 @@ pub fn build_snapshot(config: &Config, draft: &Draft) -> Result<Snapshot, StateE
             page,
         });
     }
-    for (b, admins) in config.backends.iter().zip(&draft.servers) {
-        for (s, a) in b.servers.iter().zip(admins) {
-            check::weight(i64::from(a.weight))
-                .map_err(|e| StateError::Invalid(format!("{}/{}: weight {e}", b.name, s.name)))?;
+    for (b, servers) in config.backends.iter().zip(&draft.servers) {
+        if servers.is_empty() {
+            return Err(StateError::Invalid(format!(
+                "backend {}: a backend needs at least one server",
+                b.name
+            )));
+        }
+        for (i, s) in servers.iter().enumerate() {
+            check::weight(i64::from(s.admin.weight)).map_err(|e| {
+                StateError::Invalid(format!("{}/{}: weight {e}", b.name, s.conf.name))
+            })?;
+            if servers[..i].iter().any(|o| o.conf.name == s.conf.name) {
+                return Err(StateError::Invalid(format!(
+                    "{}/{}: duplicate server name",
+                    b.name, s.conf.name
+                )));
+            }
         }
     }
-    let all_maint = draft
+    Ok(sites)
+}
+
+/// The snapshot of a checked draft, its servers being `servers`.
+fn assemble(sites: Vec<SiteState>, draft: &Draft, servers: Vec<Vec<Arc<Server>>>) -> Snapshot {
+    let servers: Vec<Vec<Member>> = draft
         .servers
         .iter()
-        .map(|s| !s.is_empty() && s.iter().all(|a| a.state == AdminState::Maint))
-        .collect();
-    let ready = config
-        .backends
-        .iter()
-        .zip(&draft.servers)
-        .map(|(b, admins)| {
-            let servers: Vec<Candidate> = b
-                .servers
-                .iter()
-                .zip(admins)
-                .map(|(s, a)| Candidate::new(a.state, a.weight, s.backup, true, 0))
-                .collect();
-            ReadyTier::new(&servers)
+        .zip(servers)
+        .map(|(list, made)| {
+            list.iter()
+                .zip(made)
+                .map(|(ds, server)| Member {
+                    state: ds.admin.state,
+                    weight: ds.admin.weight,
+                    server,
+                })
+                .collect()
         })
         .collect();
-    Ok(Snapshot {
+    let all_maint = servers
+        .iter()
+        .map(|b| all_maint(b.iter().map(|m| m.state)))
+        .collect();
+    let ready = servers
+        .iter()
+        .map(|b| {
+            let cands: Vec<Candidate> = b
+                .iter()
+                .map(|m| Candidate::new(m.state, m.weight, m.server.conf.backup, true, 0))
+                .collect();
+            ReadyTier::new(&cands)
+        })
+        .collect();
+    let up_mask = servers
+        .iter()
+        .map(|b| {
+            let up = b
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.server.up.load(Relaxed));
+            AtomicU64::new(up.filter_map(|(i, _)| up_bit(i)).fold(0, |m, b| m | b))
+        })
+        .collect();
+    Snapshot {
         sites,
-        servers: draft.servers.clone(),
+        servers,
         all_maint,
         ready,
-    })
+        up_mask,
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::{Path, PathBuf};
-
-    fn runtime(dir: &Path) -> Runtime {
-        let yaml = format!(
-            "state_file: {}/state.json
-listeners:
-  - {{ name: web, listen: 127.0.0.1:0, protocol: http }}
-sites:
-  - {{ name: app, backend: app }}
-backends:
-  - name: app
-    servers:
-      - {{ name: a, addr: 127.0.0.1:1 }}
-      - {{ name: b, addr: 127.0.0.1:2, weight: 3 }}
-",
-            dir.display()
-        );
-        let config = crate::config::parse(&yaml, &dir.join("drawbridge.yaml"))
-            .unwrap_or_else(|e| panic!("config: {e:?}"));
-        Runtime::new(config, 1024).unwrap_or_else(|e| panic!("runtime: {e}"))
-    }
-
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("drawbridge-state-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        dir
-    }
-
-    /// A thread that cached a snapshot sees every later admin change at
-    /// once, and two runtimes on one thread never see each other's.
-    #[test]
-    fn cached_snapshots_follow_admin_changes() {
-        let (d1, d2) = (temp_dir("one"), temp_dir("two"));
-        let (rt, other) = (runtime(&d1), runtime(&d2));
-        assert_eq!(rt.snapshot().servers[0][0].state, AdminState::Ready);
-        assert_eq!(other.snapshot().servers[0][0].state, AdminState::Ready);
-        let ready = rt.snapshot().ready[0].clone().map(|t| t.mask);
-        assert_eq!(ready, Some(0b11));
-        rt.update(|d| {
-            d.servers[0][0].state = AdminState::Drain;
-            Ok(())
-        })
-        .unwrap_or_else(|e: StateError| panic!("update: {e}"));
-        let snap = rt.snapshot();
-        assert_eq!(snap.servers[0][0].state, AdminState::Drain);
-        assert_eq!(snap.ready[0].as_ref().map(|t| t.mask), Some(0b10));
-        assert_eq!(other.snapshot().servers[0][0].state, AdminState::Ready);
-        let _ = std::fs::remove_dir_all(d1);
-        let _ = std::fs::remove_dir_all(d2);
-    }
-
-    /// A restart names what the state file brought back.
-    #[test]
-    fn restored_state_is_named() {
-        let dir = temp_dir("restored");
-        let rt = runtime(&dir);
-        let draft = |rt: &Runtime| Draft::of(&rt.snapshot());
-        assert!(restored(&rt.config, &draft(&rt)).is_empty());
-        rt.update(|d| {
-            d.sites[0].enabled = true;
-            d.servers[0][1].state = AdminState::Maint;
-            Ok::<_, StateError>(())
-        })
-        .unwrap_or_else(|e| panic!("update: {e}"));
-        let config = rt.config.clone();
-        drop(rt);
-        let (restarted, _) = initial_state(&config).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            restored(&config, &restarted),
-            [
-                "maintenance ON for site(s) app",
-                "server state(s) app/b maint"
-            ]
-        );
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    /// A state file with an unknown setting, of another version, or that is
-    /// not a JSON object is refused rather than half read.
-    #[test]
-    fn loose_state_files_are_refused() {
-        let dir = temp_dir("loose");
-        let rt = runtime(&dir);
-        let config = rt.config.clone();
-        drop(rt);
-        let text = std::fs::read_to_string(&config.state_file).unwrap_or_default();
-        for (bad, words) in [
-            (
-                text.replace("\"retry_after\"", "\"mesage\": \"x\", \"retry_after\""),
-                "mesage",
-            ),
-            (
-                text.replace("\"version\": 1", "\"version\": 2"),
-                "version 2",
-            ),
-            ("[1]".to_string(), "not a JSON object"),
-        ] {
-            assert_ne!(bad, text);
-            std::fs::write(&config.state_file, bad).unwrap_or_else(|e| panic!("{e}"));
-            let err = initial_state(&config).err().unwrap_or_default();
-            assert!(err.contains(words), "{words}: {err}");
-        }
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    /// A state file is held to the checks the API applies.
-    #[test]
-    fn state_file_values_are_checked() {
-        let dir = temp_dir("checked");
-        let rt = runtime(&dir);
-        let config = rt.config.clone();
-        drop(rt);
-        let text = std::fs::read_to_string(&config.state_file).unwrap_or_default();
-        let bad = text.replace("\"retry_after\": 600", "\"retry_after\": 0");
-        assert_ne!(bad, text, "the state file holds retry_after: {text}");
-        std::fs::write(&config.state_file, bad).unwrap_or_else(|e| panic!("{e}"));
-        let err = initial_state(&config).err().unwrap_or_default();
-        assert!(err.contains("retry_after: must be between 1"), "{err}");
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    /// The count follows the guards, including one dropped on an early
-    /// return or a panic's unwinding, and a request moved to another server.
-    #[test]
-    fn in_flight_follows_its_guards() {
-        let dir = temp_dir("inflight");
-        let rt = runtime(&dir);
-        let (a, b) = (&rt.live[0][0], &rt.live[0][1]);
-        let first = InFlight::new(a);
-        let second = InFlight::new(a);
-        assert_eq!(a.inflight.load(Relaxed), 2);
-        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _g = InFlight::new(a);
-            assert_eq!(a.inflight.load(Relaxed), 3);
-            panic!("a request that fails half-way");
-        }));
-        assert!(unwound.is_err());
-        assert_eq!(a.inflight.load(Relaxed), 2);
-        let mut moved = Some(first);
-        drop(moved.replace(InFlight::new(b)));
-        assert_eq!((a.inflight.load(Relaxed), b.inflight.load(Relaxed)), (1, 1));
-        drop((second, moved));
-        assert_eq!((a.inflight.load(Relaxed), b.inflight.load(Relaxed)), (0, 0));
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn up_mask_follows_health() {
-        let dir = temp_dir("health");
-        let rt = runtime(&dir);
-        assert_eq!(rt.up_mask[0].load(Relaxed), 0b11);
-        rt.set_health(0, 1, false);
-        assert_eq!(rt.up_mask[0].load(Relaxed), 0b01);
-        rt.set_health(0, 1, true);
-        assert_eq!(rt.up_mask[0].load(Relaxed), 0b11);
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
+mod tests;

@@ -37,33 +37,47 @@ impl TcpProxy {
         }
     }
 
-    /// Pick a server not yet tried; `allowed` clients may use `maint` ones.
-    /// On a backend with `max_conns`, one below its limit, else a wait in
-    /// the backend's queue. The connection is counted in flight from here.
-    async fn choose(&self, client: IpAddr, allowed: bool, tried: &[usize]) -> Option<InFlight> {
+    /// Pick a server not yet tried (by key); `allowed` clients may use
+    /// `maint` ones. On a backend with `max_conns`, one below its limit,
+    /// else a wait in the backend's queue. The connection is counted in
+    /// flight from here.
+    async fn choose(&self, client: IpAddr, allowed: bool, tried: &[u64]) -> Option<InFlight> {
         let rt = &self.rt;
         let b = self.backend;
         let backend = &rt.config.backends[b];
-        for _ in 0..=rt.live[b].len() {
+        let mut rounds = 0;
+        loop {
             let snap = rt.snapshot();
+            let members = &snap.servers[b];
+            rounds += 1;
+            if rounds > members.len() + 1 {
+                return None;
+            }
             let mut cands: SmallVec<[Candidate; 8]> = SmallVec::new();
             rt.candidates_into(&snap, b, |c| cands.push(c));
+            let tried: SmallVec<[usize; 4]> = members
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| tried.contains(&m.server.key))
+                .map(|(i, _)| i)
+                .collect();
             let key = select::balance_key(backend.balance, &rt.rr[b], client);
             let Some(queue) = &rt.queues[b] else {
-                return select::balance(&cands, backend.balance, key, allowed, tried)
-                    .map(|(s, _)| InFlight::new(&rt.live[b][s]));
+                return select::balance(&cands, backend.balance, key, allowed, &tried)
+                    .map(|(s, _)| InFlight::new(&members[s].server));
             };
-            match select::choose(&cands, None, tried, backend.balance, || key, || allowed) {
+            match select::choose(&cands, None, &tried, backend.balance, || key, || allowed) {
                 Choice {
                     pick: Some((s, _)), ..
                 } => {
-                    if rt.live[b][s].try_take() {
-                        return Some(InFlight::adopt(&rt.live[b][s]));
+                    if members[s].server.try_take() {
+                        return Some(InFlight::adopt(members[s].server.clone()));
                     }
                 }
                 Choice { wait: Some(_), .. } => {
-                    return match queue.wait(None, &rt.live[b]).await {
-                        Waited::Granted(s) => Some(InFlight::adopt(&rt.live[b][s])),
+                    let servers: Vec<_> = members.iter().map(|m| m.server.clone()).collect();
+                    return match queue.wait(None, &servers).await {
+                        Waited::Granted(s) => Some(InFlight::adopt(s)),
                         Waited::TimedOut => {
                             rt.metrics.backends[b].queue_timeouts.inc();
                             None
@@ -74,7 +88,6 @@ impl TcpProxy {
                 Choice { .. } => return None,
             }
         }
-        None
     }
 }
 
@@ -98,7 +111,7 @@ impl ServerApp for TcpProxy {
             log::info!(target: "access", "{peer} tcp:{} - refused maintenance", listener.name);
             return None;
         }
-        let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
+        let mut tried: SmallVec<[u64; 4]> = SmallVec::new();
         let upstream = loop {
             let Some(inflight) = self.choose(peer, allowed, &tried).await else {
                 log::warn!(
@@ -108,33 +121,30 @@ impl ServerApp for TcpProxy {
                 );
                 return None;
             };
-            let s = inflight.server();
-            let addr = rt.live[self.backend][s].addr;
-            match tokio::time::timeout(backend.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => break (s, stream, inflight),
-                Ok(Err(e)) => log::warn!(
-                    "tcp {}: connect to {}: {e}",
-                    listener.name,
-                    backend.servers[s].name
-                ),
+            let server = inflight.server().clone();
+            let connect = TcpStream::connect(server.addr);
+            match tokio::time::timeout(backend.connect_timeout, connect).await {
+                Ok(Ok(stream)) => break (stream, inflight),
+                Ok(Err(e)) => {
+                    log::warn!("tcp {}: connect to {}: {e}", listener.name, server.name())
+                }
                 Err(_) => log::warn!(
                     "tcp {}: connect to {}: timed out",
                     listener.name,
-                    backend.servers[s].name
+                    server.name()
                 ),
             }
-            rt.metrics.servers[self.backend][s].connect_errors.inc();
-            tried.push(s);
+            server.metrics.connect_errors.inc();
+            tried.push(server.key);
             if tried.len() > backend.retries {
                 return None;
             }
         };
-        let (s, mut upstream, inflight) = upstream;
+        let (mut upstream, inflight) = upstream;
         let _ = upstream.set_nodelay(true);
-        let server = &backend.servers[s];
-        let live = &rt.live[self.backend][s];
+        let live = inflight.server().clone();
         live.requests_total.fetch_add(1, Relaxed);
-        rt.metrics.tcp[self.listener][s].inc();
+        live.metrics.tcp_connection(self.listener);
         let start = std::time::Instant::now();
         let result = if live.sessions.is_some() {
             // shutdown_sessions: the connection closes when health marks
@@ -155,7 +165,7 @@ impl ServerApp for TcpProxy {
             "{peer} tcp:{} - {}/{} {up}B up {down}B down {:.3}s",
             listener.name,
             backend.name,
-            server.name,
+            live.name(),
             start.elapsed().as_secs_f64()
         );
         None

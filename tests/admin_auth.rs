@@ -57,6 +57,8 @@ const ROUTES: &[Route] = &[
     Route { method: "PUT", pattern: "/api/v1/backends/{b}/servers/{s}/weight", path: "/api/v1/backends/app/servers/app-01/weight", body: Some(r#"{"weight":1}"#), attack: Some(r#"{"weight":0}"#), status: 200 },
     // app-01 is ready: the long poll refuses at once (409).
     Route { method: "GET", pattern: "/api/v1/backends/{b}/servers/{s}/drained", path: "/api/v1/backends/app/servers/app-01/drained?timeout=1&idle=0", body: None, attack: None, status: 409 },
+    Route { method: "POST", pattern: "/api/v1/backends/{b}/servers", path: "/api/v1/backends/app/servers", body: Some(r#"{"name":"app-09","addr":"127.0.0.1:9"}"#), attack: Some(r#"{"name":"evil","addr":"127.0.0.1:9","state":"ready"}"#), status: 201 },
+    Route { method: "DELETE", pattern: "/api/v1/backends/{b}/servers/{s}", path: "/api/v1/backends/app/servers/app-09", body: None, attack: None, status: 200 },
 ];
 
 /// Authorization headers that must be refused (`None`: no header).

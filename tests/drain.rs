@@ -567,7 +567,66 @@ fn bad_server_input_is_refused_and_changes_nothing() {
         ("GET", format!("{s1}/drained?timeout=abc"), None, 400),
         ("GET", format!("{s1}/state"), None, 405),
         ("POST", format!("{s1}/weight"), Some(r#"{"weight":1}"#), 405),
-        ("DELETE", s1.to_string(), None, 405),
+        // A ready server is not deleted.
+        ("DELETE", s1.to_string(), None, 409),
+        ("DELETE", format!("{s1}?force=maybe"), None, 400),
+        (
+            "DELETE",
+            "/api/v1/backends/app/servers/app-09".into(),
+            None,
+            404,
+        ),
+        ("PUT", "/api/v1/backends/app/servers".into(), None, 405),
+        // Servers added with a bad name, address or setting.
+        (
+            "POST",
+            "/api/v1/backends/app/servers".into(),
+            Some(r#"{"name":"app-01","addr":"127.0.0.1:9"}"#),
+            409,
+        ),
+        (
+            "POST",
+            "/api/v1/backends/nope/servers".into(),
+            Some(r#"{"name":"app-09","addr":"127.0.0.1:9"}"#),
+            404,
+        ),
+        (
+            "POST",
+            "/api/v1/backends/app/servers".into(),
+            Some(r#"{"name":"app 09","addr":"127.0.0.1:9"}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/backends/app/servers".into(),
+            Some(r#"{"name":"app-09","addr":"app.internal:80"}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/backends/app/servers".into(),
+            Some(r#"{"name":"app-09","addr":"127.0.0.1:0"}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/backends/app/servers".into(),
+            Some(r#"{"name":"app-09","addr":"127.0.0.1:9","weight":257}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/backends/app/servers".into(),
+            Some(r#"{"name":"app-09","addr":"127.0.0.1:9","state":"up"}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/backends/app/servers".into(),
+            Some(r#"{"name":"app-09","addr":"127.0.0.1:9","port":80}"#),
+            400,
+        ),
+        ("POST", "/api/v1/backends/app/servers".into(), None, 400),
     ];
     let unchanged = |what: &str| {
         assert_eq!(

@@ -64,25 +64,7 @@ fn a_changed_file_is_taken_over_under_load_with_the_state_kept() {
     );
 
     // Steady load: requests on new connections, every answer counted.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load = {
-        let (d, stop, ok, failed) = (d.clone(), stop.clone(), ok.clone(), failed.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let r = drawbridge::httpc::request(
-                    &d.web,
-                    &Request::new("GET", "/"),
-                    Duration::from_secs(5),
-                );
-                match r {
-                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let load = Load::start(&d.web);
 
     // The file gains a server and a site.
     let text = read(&d.config)
@@ -111,13 +93,16 @@ fn a_changed_file_is_taken_over_under_load_with_the_state_kept() {
     assert!(new.is_some(), "the new process answers");
 
     // The old process finishes and exits; the new one serves alone.
-    let mut d = Arc::into_inner(stop_load(load, &stop, d)).expect("one owner");
+    // A few seconds more of load across the old process's exit.
+    std::thread::sleep(Duration::from_secs(3));
+    let (ok, failed) = load.finish();
+    let mut d = Arc::into_inner(d).expect("one owner");
     assert!(
         wait_until(Duration::from_secs(15), || d.proc.exited()),
         "the old process did not exit"
     );
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests");
-    assert!(ok.load(Ordering::Relaxed) > 20);
+    assert_eq!(failed, 0, "failed requests");
+    assert!(ok > 20);
     // The new server takes new clients once healthy; the state carried over.
     assert!(wait_until(Duration::from_secs(5), || d
         .get("/")
@@ -132,18 +117,6 @@ fn a_changed_file_is_taken_over_under_load_with_the_state_kept() {
     assert_eq!(json(&s)["state"], "drain");
     assert_eq!(d.api("GET", "/api/v1/sites/shop", None).status, 200);
     drop((a, b, c));
-}
-
-fn stop_load(
-    load: std::thread::JoinHandle<()>,
-    stop: &AtomicBool,
-    d: Arc<Drawbridge>,
-) -> Arc<Drawbridge> {
-    // A few seconds more of load across the old process's exit.
-    std::thread::sleep(Duration::from_secs(3));
-    stop.store(true, Ordering::Relaxed);
-    load.join().expect("load thread");
-    d
 }
 
 #[test]

@@ -67,24 +67,35 @@ pub async fn route(
                 },
             )
         }
+        ["api", "v1", "backends", b, "servers"] => {
+            only(&m, &[Method::POST])?;
+            let b = backend_index(rt, b)?;
+            super::servers::add(rt, b, parse(body)?)
+        }
         ["api", "v1", "backends", b, "servers", s] => {
-            only(&m, &[Method::GET])?;
-            let (b, s) = server_index(rt, b, s)?;
-            Ok((200, server_json(rt, &rt.snapshot(), b, s)))
+            only(&m, &[Method::GET, Method::DELETE])?;
+            let b = backend_index(rt, b)?;
+            if m == Method::DELETE {
+                let force = query_flag(query, "force")?;
+                return super::servers::delete(rt, b, s, force);
+            }
+            let snap = rt.snapshot();
+            Ok((200, server_json(rt, &snap, b, find(rt, &snap, b, s)?)))
         }
         ["api", "v1", "backends", b, "servers", s, "state"] => {
             only(&m, &[Method::PUT])?;
-            let (b, s) = server_index(rt, b, s)?;
+            let b = backend_index(rt, b)?;
             set_state(rt, b, s, parse(body)?)
         }
         ["api", "v1", "backends", b, "servers", s, "weight"] => {
             only(&m, &[Method::PUT])?;
-            let (b, s) = server_index(rt, b, s)?;
+            let b = backend_index(rt, b)?;
             set_weight(rt, b, s, parse(body)?)
         }
         ["api", "v1", "backends", b, "servers", s, "drained"] => {
             only(&m, &[Method::GET])?;
-            let (b, s) = server_index(rt, b, s)?;
+            let b = backend_index(rt, b)?;
+            find(rt, &rt.snapshot(), b, s)?;
             drained(rt, b, s, query).await
         }
         _ => Err(ApiError::not_found(format!("no such endpoint {path}"))),
@@ -116,19 +127,35 @@ fn site_index(rt: &Runtime, name: &str) -> Result<usize, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("unknown site {name:?}")))
 }
 
-fn server_index(rt: &Runtime, backend: &str, server: &str) -> Result<(usize, usize), ApiError> {
-    let b = rt
-        .config
+fn backend_index(rt: &Runtime, backend: &str) -> Result<usize, ApiError> {
+    rt.config
         .backend_index(backend)
-        .ok_or_else(|| ApiError::not_found(format!("unknown backend {backend:?}")))?;
-    let s = rt.config.backends[b]
-        .servers
-        .iter()
-        .position(|s| s.name == server)
-        .ok_or_else(|| {
-            ApiError::not_found(format!("unknown server {server:?} in backend {backend:?}"))
-        })?;
-    Ok((b, s))
+        .ok_or_else(|| ApiError::not_found(format!("unknown backend {backend:?}")))
+}
+
+/// The position of server `name` of backend `b` in `snap`.
+pub(super) fn find(rt: &Runtime, snap: &Snapshot, b: usize, name: &str) -> Result<usize, ApiError> {
+    snap.find(b, name)
+        .ok_or_else(|| unknown_server(rt, b, name))
+}
+
+pub(super) fn unknown_server(rt: &Runtime, b: usize, name: &str) -> ApiError {
+    let backend = &rt.config.backends[b].name;
+    ApiError::not_found(format!("unknown server {name:?} in backend {backend:?}"))
+}
+
+/// Change server `name` of backend `b` in a draft.
+fn edit_server(
+    rt: &Runtime,
+    b: usize,
+    name: &str,
+    edit: impl FnOnce(&mut crate::state::DraftServer),
+) -> Result<(), ApiError> {
+    rt.update(|d| {
+        let s = d.find(b, name).ok_or_else(|| unknown_server(rt, b, name))?;
+        edit(&mut d.servers[b][s]);
+        Ok::<_, ApiError>(())
+    })
 }
 
 fn rfc3339_ms(ms: u64) -> Value {
@@ -162,10 +189,10 @@ fn site_json(rt: &Runtime, snap: &Snapshot, i: usize) -> Value {
     })
 }
 
-fn server_json(rt: &Runtime, snap: &Snapshot, b: usize, s: usize) -> Value {
-    let conf = &rt.config.backends[b].servers[s];
-    let live = &rt.live[b][s];
-    let admin = snap.servers[b][s];
+pub(super) fn server_json(rt: &Runtime, snap: &Snapshot, b: usize, s: usize) -> Value {
+    let m = &snap.servers[b][s];
+    let (live, admin) = (&m.server, m);
+    let conf = &live.conf;
     json!({
         "backend": rt.config.backends[b].name,
         "name": conf.name,
@@ -183,6 +210,7 @@ fn server_json(rt: &Runtime, snap: &Snapshot, b: usize, s: usize) -> Value {
         "sticky_last_seen": rfc3339_ms(live.last_sticky_ms.load(Relaxed)),
         "clients": live.sticky_clients.estimate(now_ms(), DEFAULT_IDLE),
         "requests_total": live.requests_total.load(Relaxed),
+        "added": live.added,
     })
 }
 
@@ -208,7 +236,7 @@ pub fn status(rt: &Runtime) -> Value {
             json!({
                 "name": backend.name,
                 "queue": queue,
-                "servers": (0..backend.servers.len()).map(|s| server_json(rt, &snap, b, s)).collect::<Vec<_>>(),
+                "servers": (0..snap.servers[b].len()).map(|s| server_json(rt, &snap, b, s)).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -425,19 +453,16 @@ struct StateBody {
     state: String,
 }
 
-fn set_state(rt: &Runtime, b: usize, s: usize, body: StateBody) -> ApiResult {
+fn set_state(rt: &Runtime, b: usize, name: &str, body: StateBody) -> ApiResult {
     let state = check::admin_state(&body.state).map_err(ApiError::bad)?;
-    rt.update(|d| {
-        d.servers[b][s].state = state;
-        Ok::<_, ApiError>(())
-    })?;
+    edit_server(rt, b, name, |s| s.admin.state = state)?;
     log::warn!(
-        "admin: server {}/{} state {}",
+        "admin: server {}/{name} state {}",
         rt.config.backends[b].name,
-        rt.config.backends[b].servers[s].name,
         state.as_str()
     );
-    Ok((200, server_json(rt, &rt.snapshot(), b, s)))
+    let snap = rt.snapshot();
+    Ok((200, server_json(rt, &snap, b, find(rt, &snap, b, name)?)))
 }
 
 #[derive(Deserialize)]
@@ -446,23 +471,40 @@ struct WeightBody {
     weight: i64,
 }
 
-fn set_weight(rt: &Runtime, b: usize, s: usize, body: WeightBody) -> ApiResult {
+fn set_weight(rt: &Runtime, b: usize, name: &str, body: WeightBody) -> ApiResult {
     let weight = check::weight(body.weight).map_err(|e| ApiError::bad(format!("weight {e}")))?;
-    rt.update(|d| {
-        d.servers[b][s].weight = weight;
-        Ok::<_, ApiError>(())
-    })?;
+    edit_server(rt, b, name, |s| s.admin.weight = weight)?;
     log::warn!(
-        "admin: server {}/{} weight {weight}",
-        rt.config.backends[b].name,
-        rt.config.backends[b].servers[s].name
+        "admin: server {}/{name} weight {weight}",
+        rt.config.backends[b].name
     );
-    Ok((200, server_json(rt, &rt.snapshot(), b, s)))
+    let snap = rt.snapshot();
+    Ok((200, server_json(rt, &snap, b, find(rt, &snap, b, name)?)))
 }
 
 /// The drain verdict's default `idle`, and the window of the `clients`
 /// estimate in a server's status.
 const DEFAULT_IDLE: u64 = 60;
+
+/// A `key=true|false` in the query (absent: false).
+fn query_flag(query: &str, key: &str) -> Result<bool, ApiError> {
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some((k, v)) if k == key => {
+                return match v {
+                    "true" | "1" => Ok(true),
+                    "false" | "0" => Ok(false),
+                    _ => Err(ApiError::bad(format!(
+                        "{key}: expected true or false, not {v:?}"
+                    ))),
+                };
+            }
+            None if pair == key => return Ok(true),
+            _ => {}
+        }
+    }
+    Ok(false)
+}
 
 fn query_secs(query: &str, key: &str, default: u64) -> Result<u64, ApiError> {
     for pair in query.split('&') {
@@ -489,10 +531,12 @@ fn query_secs(query: &str, key: &str, default: u64) -> Result<u64, ApiError> {
 
 /// The drain verdict: in drain or maint, nothing in flight, and no request
 /// routed here by its cookie for `idle`.
-fn drain_status(rt: &Runtime, b: usize, s: usize, idle: u64) -> (bool, Value) {
+fn drain_status(rt: &Runtime, b: usize, name: &str, idle: u64) -> Result<(bool, Value), ApiError> {
     let snap = rt.snapshot();
-    let inflight = rt.live[b][s].inflight.load(Relaxed);
-    let last = rt.live[b][s].last_sticky_ms.load(Relaxed);
+    let s = find(rt, &snap, b, name)?;
+    let server = &snap.servers[b][s].server;
+    let inflight = server.inflight.load(Relaxed);
+    let last = server.last_sticky_ms.load(Relaxed);
     let since = if last == 0 {
         None
     } else {
@@ -503,32 +547,39 @@ fn drain_status(rt: &Runtime, b: usize, s: usize, idle: u64) -> (bool, Value) {
     v["drained"] = Value::Bool(drained);
     v["idle"] = json!(idle);
     v["seconds_since_sticky"] = json!(since);
-    v["clients"] = json!(rt.live[b][s].sticky_clients.estimate(now_ms(), idle));
-    (drained, v)
+    v["clients"] = json!(server.sticky_clients.estimate(now_ms(), idle));
+    Ok((drained, v))
 }
 
-async fn drained(rt: &Runtime, b: usize, s: usize, query: &str) -> ApiResult {
+/// Whether server `name` of backend `b` is `ready` now.
+fn is_ready(rt: &Runtime, b: usize, name: &str) -> Result<bool, ApiError> {
+    let snap = rt.snapshot();
+    let s = find(rt, &snap, b, name)?;
+    Ok(snap.servers[b][s].state == AdminState::Ready)
+}
+
+async fn drained(rt: &Runtime, b: usize, name: &str, query: &str) -> ApiResult {
     let timeout = query_secs(query, "timeout", 600)?;
     let idle = query_secs(query, "idle", DEFAULT_IDLE)?;
-    if rt.snapshot().servers[b][s].state == AdminState::Ready {
+    if is_ready(rt, b, name)? {
         return Err(ApiError::new(
             409,
             format!(
-                "server {}/{} is ready: set it to drain or maint first",
-                rt.config.backends[b].name, rt.config.backends[b].servers[s].name
+                "server {}/{name} is ready: set it to drain or maint first",
+                rt.config.backends[b].name
             ),
         ));
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
     loop {
-        let (done, v) = drain_status(rt, b, s, idle);
+        let (done, v) = drain_status(rt, b, name, idle)?;
         if done {
             return Ok((200, v));
         }
         if tokio::time::Instant::now() >= deadline {
             return Ok((408, v));
         }
-        if rt.snapshot().servers[b][s].state == AdminState::Ready {
+        if is_ready(rt, b, name)? {
             return Err(ApiError::new(
                 409,
                 "the server was set back to ready while waiting",

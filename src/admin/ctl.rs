@@ -32,12 +32,20 @@ pub enum CtlCommand {
         #[command(subcommand)]
         action: MaintenanceAction,
     },
-    /// Set a server's admin state: ready, drain or maint. `maint --drain`
-    /// is the rolling step: drain, wait until drained, then maint (exit 2
-    /// at the timeout, the server left in drain)
+    /// `BACKEND/SERVER STATE`: set a server's admin state (ready, drain or
+    /// maint); `maint --drain` is the rolling step: drain, wait until
+    /// drained, then maint (exit 2 at the timeout, the server left in
+    /// drain). `add BACKEND/SERVER ADDR`: add a server (in maint unless
+    /// --state). `del BACKEND/SERVER`: delete a server in maint with
+    /// nothing in flight (or --force)
+    #[command(
+        override_usage = "drawbridge ctl server BACKEND/SERVER ready|drain|maint [--drain]\n       \
+        drawbridge ctl server add BACKEND/SERVER ADDR [--weight N] [--state ready|drain|maint] [--backup]\n       \
+        drawbridge ctl server del BACKEND/SERVER [--force]"
+    )]
     Server {
-        target: String,
-        state: String,
+        #[arg(num_args = 2..=3, required = true, value_name = "WORDS")]
+        words: Vec<String>,
         /// With `maint`: drain first and wait until no user is left
         #[arg(long)]
         drain: bool,
@@ -47,6 +55,18 @@ pub enum CtlCommand {
         /// With --drain: how long without sticky requests counts as drained
         #[arg(long, default_value = "60s", requires = "drain")]
         idle: String,
+        /// With add: its weight (default 1)
+        #[arg(long, allow_negative_numbers = true)]
+        weight: Option<i64>,
+        /// With add: its state (default maint)
+        #[arg(long = "state", value_name = "STATE")]
+        initial: Option<String>,
+        /// With add: a backup server
+        #[arg(long)]
+        backup: bool,
+        /// With del: delete it even if not in maint or with requests in flight
+        #[arg(long)]
+        force: bool,
     },
     /// Set a server's weight (0..=256)
     Weight {
@@ -261,30 +281,67 @@ fn execute(c: &Client, args: &CtlArgs) -> Result<i32, String> {
             Some(json!({"enabled": false})),
         ),
         CtlCommand::Server {
-            target,
-            state,
-            drain: true,
+            words,
+            drain,
             timeout,
             idle,
+            weight,
+            initial,
+            backup,
+            force,
         } => {
-            if state != "maint" {
-                return Err(format!("--drain goes with maint, not {state:?}"));
+            let words: Vec<&str> = words.iter().map(String::as_str).collect();
+            let add_flags = weight.is_some() || initial.is_some() || *backup;
+            match words.as_slice() {
+                ["add", target, addr] if !*drain && !*force => {
+                    let (b, s) = split_target(target)?;
+                    let mut body = json!({"name": s, "addr": addr, "backup": backup});
+                    if let Some(w) = weight {
+                        body["weight"] = json!(w);
+                    }
+                    if let Some(st) = initial {
+                        body["state"] = json!(st);
+                    }
+                    ("POST", format!("/api/v1/backends/{b}/servers"), Some(body))
+                }
+                ["del", target] if !*drain && !add_flags => {
+                    let (b, s) = split_target(target)?;
+                    let query = if *force { "?force=true" } else { "" };
+                    (
+                        "DELETE",
+                        format!("/api/v1/backends/{b}/servers/{s}{query}"),
+                        None,
+                    )
+                }
+                [target, state] if !add_flags && !*force => {
+                    if *drain {
+                        if *state != "maint" {
+                            return Err(format!("--drain goes with maint, not {state:?}"));
+                        }
+                        return rolling_step(
+                            c,
+                            args.json,
+                            target,
+                            secs(timeout, "--timeout")?,
+                            secs(idle, "--idle")?,
+                        );
+                    }
+                    let (b, s) = split_target(target)?;
+                    (
+                        "PUT",
+                        format!("/api/v1/backends/{b}/servers/{s}/state"),
+                        Some(json!({"state": state})),
+                    )
+                }
+                _ => {
+                    return Err(
+                        "usage: ctl server BACKEND/SERVER ready|drain|maint [--drain] | \
+                         ctl server add BACKEND/SERVER ADDR [--weight N] [--state S] [--backup] | \
+                         ctl server del BACKEND/SERVER [--force]"
+                            .into(),
+                    )
+                }
             }
-            return rolling_step(
-                c,
-                args.json,
-                target,
-                secs(timeout, "--timeout")?,
-                secs(idle, "--idle")?,
-            );
-        }
-        CtlCommand::Server { target, state, .. } => {
-            let (b, s) = split_target(target)?;
-            (
-                "PUT",
-                format!("/api/v1/backends/{b}/servers/{s}/state"),
-                Some(json!({"state": state})),
-            )
         }
         CtlCommand::Weight { target, weight } => {
             let (b, s) = split_target(target)?;
@@ -320,6 +377,12 @@ fn execute(c: &Client, args: &CtlArgs) -> Result<i32, String> {
     match &args.cmd {
         CtlCommand::Status => print_status(&v),
         CtlCommand::Maintenance { .. } => println!("{}", site_line(&v)),
+        CtlCommand::Server { words, .. } if words.first().is_some_and(|w| w == "del") => {
+            println!("{} deleted", server_line(&v["deleted"]))
+        }
+        CtlCommand::Server { words, .. } if words.first().is_some_and(|w| w == "add") => {
+            println!("{} added", server_line(&v))
+        }
         CtlCommand::Server { .. } | CtlCommand::Weight { .. } => println!("{}", server_line(&v)),
         CtlCommand::Allow { .. } => {
             let list = strings(&v["allow"]);

@@ -5,6 +5,7 @@
 mod api;
 pub mod console;
 pub mod ctl;
+mod servers;
 pub mod session;
 
 use crate::state::Runtime;

@@ -2,7 +2,7 @@
 //! and the state file, so that a value one of them accepts is accepted by
 //! all three, with the same message.
 
-use super::model::{AdminState, MaintenanceSettings};
+use super::model::{AdminState, MaintenanceSettings, Server, ServerSpec};
 
 /// `Retry-After` bounds, in seconds.
 pub const MIN_RETRY_AFTER: u64 = 1;
@@ -81,6 +81,72 @@ pub fn weight(w: i64) -> Result<u32, String> {
         .ok()
         .filter(|w| *w <= MAX_WEIGHT)
         .ok_or_else(|| format!("must be between 0 and {MAX_WEIGHT}"))
+}
+
+/// A name of a site, backend, server or listener (`what`).
+pub fn name(what: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!("{what} name must not be empty"));
+    }
+    if name.len() > 128
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "{what} name {name:?} may only use letters, digits, '-', '_' and '.' (at most 128)"
+        ));
+    }
+    Ok(())
+}
+
+/// An upstream address: `ip:port`, or `host:port` when `host_names` (the
+/// config file's servers, resolved when the proxy starts; a server added
+/// at runtime names an address).
+pub fn upstream_addr(s: &str, host_names: bool) -> Result<(), String> {
+    if s.parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.port() > 0)
+    {
+        return Ok(());
+    }
+    let ok = host_names
+        && match s.rsplit_once(':') {
+            Some((host, port)) => {
+                port.parse::<u16>().is_ok_and(|p| p > 0)
+                    && !host.is_empty()
+                    && host.len() <= 253
+                    && host.split('.').all(|l| {
+                        !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    })
+            }
+            None => false,
+        };
+    if ok {
+        Ok(())
+    } else if host_names {
+        Err(format!("invalid socket address {s:?}"))
+    } else {
+        Err(format!("invalid socket address {s:?}, expected ip:port"))
+    }
+}
+
+/// A server added at runtime (through the API, or kept in the state file)
+/// to backend `backend`: its name and address checked, its sticky id
+/// derived from the names as for a server of the config file. It has no
+/// `max_conns` nor `slowstart`.
+pub fn added_server(backend: &str, spec: &ServerSpec) -> Result<Server, String> {
+    name("server", &spec.name)?;
+    upstream_addr(&spec.addr, false).map_err(|e| format!("addr: {e}"))?;
+    Ok(Server {
+        name: spec.name.clone(),
+        addr: spec.addr.clone(),
+        weight: 1,
+        backup: spec.backup,
+        state: AdminState::Ready,
+        id: super::server_id(backend, &spec.name),
+        max_conns: 0,
+        slowstart: std::time::Duration::ZERO,
+    })
 }
 
 pub fn admin_state(s: &str) -> Result<AdminState, String> {

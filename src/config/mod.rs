@@ -413,22 +413,8 @@ impl Validator {
 
     /// An upstream address: `ip:port`, or `host:port` resolved at start.
     fn upstream_addr(&mut self, s: &str, key: &str) {
-        if s.parse::<SocketAddr>().is_ok() {
-            return;
-        }
-        let ok = match s.rsplit_once(':') {
-            Some((host, port)) => {
-                port.parse::<u16>().is_ok_and(|p| p > 0)
-                    && !host.is_empty()
-                    && host.len() <= 253
-                    && host.split('.').all(|l| {
-                        !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                    })
-            }
-            None => false,
-        };
-        if !ok {
-            self.problem(key, format!("invalid socket address {s:?}"));
+        if let Err(e) = check::upstream_addr(s, true) {
+            self.problem(key, e);
         }
     }
 
@@ -472,16 +458,8 @@ impl Validator {
     }
 
     fn unique(&mut self, names: &mut HashSet<String>, name: &str, key: &str, what: &str) {
-        if name.is_empty() {
-            self.problem(key, format!("{what} name must not be empty"));
-        } else if !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            self.problem(
-                key,
-                format!("{what} name {name:?} may only use letters, digits, '-', '_' and '.'"),
-            );
+        if let Err(e) = check::name(what, name) {
+            self.problem(key, e);
         } else if !names.insert(name.to_string()) {
             self.problem(key, format!("duplicate {what} name {name:?}"));
         }

@@ -208,7 +208,7 @@ pub struct HealthCheck {
     pub fall: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Server {
     pub name: String,
     /// `ip:port` or `host:port`; host names are resolved when the proxy starts.
@@ -223,6 +223,17 @@ pub struct Server {
     /// How long its effective weight takes to reach its weight after it
     /// becomes usable again; zero => at once.
     pub slowstart: Duration,
+}
+
+/// A server added at runtime, as the API takes it and the state file
+/// keeps it (its state and weight are kept with the others').
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    pub name: String,
+    pub addr: String,
+    #[serde(default)]
+    pub backup: bool,
 }
 
 /// Where requests wait for a server below its `max_conns`.
@@ -262,6 +273,11 @@ impl Backend {
     /// Whether a server of it has a `max_conns`.
     pub fn limited(&self) -> bool {
         self.servers.iter().any(|s| s.max_conns > 0)
+    }
+
+    /// Whether it has a server named `name` in the config.
+    pub fn server(&self, name: &str) -> bool {
+        self.servers.iter().any(|s| s.name == name)
     }
 
     /// Whether a server of it has a `slowstart`.

@@ -8,6 +8,7 @@ pub mod bypass;
 pub mod drain;
 pub mod errors;
 pub mod gate;
+pub mod health;
 pub mod limits;
 pub mod origin;
 pub mod pages;

@@ -25,7 +25,11 @@ pub fn account(rt: &Runtime, access_log: bool, session: &Session, e: Option<&Err
         match (ctx.answer, ctx.server) {
             (Answer::Maintenance, _) => m.maintenance_requests[class].inc(),
             (Answer::ErrorPage, _) | (_, None) => m.error_requests[class].inc(),
-            (Answer::Upstream, Some(s)) => m.requests[s][class].inc(),
+            (Answer::Upstream, Some(_)) => {
+                if let Some(server) = ctx.target() {
+                    server.metrics.request(ctx.site, class);
+                }
+            }
             (Answer::NoSite | Answer::Redirect, _) => {}
         }
     }
@@ -38,7 +42,10 @@ pub fn account(rt: &Runtime, access_log: bool, session: &Session, e: Option<&Err
         (Answer::Maintenance, _) => ("", "maintenance"),
         (Answer::NoSite, _) => ("", "-"),
         (Answer::Redirect, _) => ("", "redirect"),
-        (Answer::Upstream, Some(s)) => (backend.name.as_str(), backend.servers[s].name.as_str()),
+        (Answer::Upstream, Some(_)) => (
+            backend.name.as_str(),
+            ctx.target().map_or("-", |u| u.name()),
+        ),
         _ => ("", "error"),
     };
     crate::logging::access(&AccessEntry {

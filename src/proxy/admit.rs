@@ -6,6 +6,7 @@ use super::{answer, Ctx, Proxy};
 use crate::config::Balance;
 use crate::policy::select::{self, Candidate, Tier, Wait};
 use crate::queue::{Slots, Waited};
+use crate::state::InFlight;
 use pingora_error::Result;
 use pingora_proxy::Session;
 use smallvec::SmallVec;
@@ -24,10 +25,10 @@ impl Proxy {
         let b = ctx.backend;
         // A server found below its limit may fill before its slot is
         // taken: choose again, a bounded number of times.
-        for _ in 0..=rt.live[b].len() {
+        for _ in 0..=ctx.snap().servers[b].len() {
             let choice = self.choose_full(ctx);
             if let Some((s, tier)) = choice.pick {
-                if rt.live[b][s].try_take() {
+                if ctx.snap().servers[b][s].server.try_take() {
                     ctx.tier = Some(tier);
                     self.assign(ctx, s, true);
                     return Ok(Some(s));
@@ -37,25 +38,39 @@ impl Proxy {
             let (Some(wait), Some(queue)) = (choice.wait, &rt.queues[b]) else {
                 break;
             };
+            let members = &ctx.snap().servers[b];
             let want = match wait {
-                Wait::Server(s) => Some(s),
+                Wait::Server(s) => Some(members[s].server.key),
                 Wait::Any => None,
             };
+            let servers: Vec<_> = members.iter().map(|m| m.server.clone()).collect();
             let retry_after = queue.settings.timeout.as_secs().max(1);
-            match queue.wait(want, &rt.live[b]).await {
-                Waited::Granted(s) => {
+            match queue.wait(want, &servers).await {
+                Waited::Granted(server) => {
                     ctx.tier = Some(if want.is_some() {
                         Tier::Sticky
                     } else {
                         Tier::Ready
                     });
-                    self.assign(ctx, s, true);
-                    return Ok(Some(s));
+                    // The server may have joined after this request's
+                    // snapshot.
+                    if ctx.snap().position(b, server.key).is_none() {
+                        ctx.reload_snap(rt);
+                    }
+                    match ctx.snap().position(b, server.key) {
+                        Some(s) => {
+                            self.assign(ctx, s, true);
+                            return Ok(Some(s));
+                        }
+                        // It left meanwhile: the slot goes back.
+                        None => drop(InFlight::adopt(server)),
+                    }
+                    continue;
                 }
                 // Its sticky server can no longer take it: choose again,
                 // with the states as they are now.
                 Waited::Retry => {
-                    ctx.snap = Some(rt.snapshot());
+                    ctx.reload_snap(rt);
                     continue;
                 }
                 Waited::TimedOut => rt.metrics.backends[b].queue_timeouts.inc(),
@@ -81,6 +96,7 @@ impl Proxy {
         if rt.queues[mb].is_none() {
             return Some((s, false));
         }
-        rt.live[mb][s].try_take().then_some((s, true))
+        let server = &ctx.snap().servers[mb][s].server;
+        server.try_take().then_some((s, true))
     }
 }

@@ -46,14 +46,11 @@ pub struct Proxy {
     rt: Arc<Runtime>,
     /// Whether access-log lines are written (fixed at start).
     access_log: bool,
-    /// The sticky cookies responses pin clients with.
-    pins: pin::Pins,
 }
 
 impl Proxy {
     pub fn new(rt: Arc<Runtime>) -> Proxy {
         Proxy {
-            pins: pin::Pins::new(&rt.config),
             rt,
             access_log: crate::logging::access_enabled(),
         }
@@ -83,8 +80,10 @@ pub struct Ctx {
     /// Whether the request bypasses maintenance; computed when needed.
     bypass: Option<Option<Bypass>>,
     bypass_cookie: Option<Bytes>,
+    /// The chosen server's position in the snapshot's backend.
     server: Option<usize>,
-    /// Counts the request in flight to `server` until the context goes.
+    /// Counts the request in flight to `server` until the context goes;
+    /// also the request's way to the server itself.
     inflight: Option<InFlight>,
     tier: Option<Tier>,
     tried: SmallVec<[usize; 4]>,
@@ -103,6 +102,22 @@ impl Ctx {
         self.snap
             .as_deref()
             .expect("the snapshot is loaded first in request_filter")
+    }
+
+    /// The server the request is assigned to.
+    fn target(&self) -> Option<&Arc<crate::state::Server>> {
+        self.inflight.as_ref().map(|i| i.server())
+    }
+
+    /// Take the current snapshot (servers may have joined or left since):
+    /// the cookie's server is found again by its key.
+    fn reload_snap(&mut self, rt: &Runtime) {
+        let snap = rt.snapshot();
+        if let (Some(s), Some(old)) = (self.cookie_server, self.snap.as_deref()) {
+            let key = old.servers[self.backend][s].server.key;
+            self.cookie_server = snap.position(self.backend, key);
+        }
+        self.snap = Some(snap);
     }
 }
 
@@ -131,11 +146,11 @@ impl Proxy {
         let rt = &self.rt;
         let b = ctx.backend;
         let balance = rt.config.backends[b].balance;
-        if ctx.tried.is_empty() && !(rt.slow[b] && rt.ramping(b)) {
+        if ctx.tried.is_empty() && !(rt.slow[b] && rt.ramping(ctx.snap(), b)) {
             let snap = ctx.snap();
             let cookie = ctx.cookie_server.map(|s| (s, snap.servers[b][s].state));
             let key = || select::balance_key(balance, &rt.rr[b], ctx.client);
-            let up = rt.up_mask[b].load(Relaxed);
+            let up = snap.up_mask[b].load(Relaxed);
             if let Some((s, tier)) =
                 select::choose_fast(cookie, snap.ready[b].as_ref(), up, balance, key)
             {
@@ -171,11 +186,10 @@ impl Proxy {
             None => {}
         }
         if let Some((s, Tier::Drain)) = choice.pick {
-            let backend = &rt.config.backends[b];
             log::info!(
                 "{}: no ready server left, using {} in drain as a last resort",
-                backend.name,
-                backend.servers[s].name
+                rt.config.backends[b].name,
+                ctx.snap().servers[b][s].server.name()
             );
         }
         choice
@@ -184,13 +198,13 @@ impl Proxy {
     /// Account a request to a server: in flight while the context holds
     /// it (`taken`: its slot is already counted).
     pub(super) fn assign(&self, ctx: &mut Ctx, s: usize, taken: bool) {
-        let live = &self.rt.live[ctx.backend][s];
+        let live = ctx.snap().servers[ctx.backend][s].server.clone();
         // The previous server's count goes first.
         ctx.inflight = None;
         ctx.inflight = Some(if taken {
-            InFlight::adopt(live)
+            InFlight::adopt(live.clone())
         } else {
-            InFlight::new(live)
+            InFlight::new(&live)
         });
         ctx.server = Some(s);
         live.requests_total.fetch_add(1, Relaxed);
@@ -294,8 +308,8 @@ impl ProxyHttp for Proxy {
                 return Ok(true);
             }
         }
-        let ours = request::read_cookies(rt, req, ctx);
         let snap = rt.snapshot();
+        let ours = request::read_cookies(rt, &snap, req, ctx);
         let st = &snap.sites[site_idx];
         let m = &st.settings;
         let in_maintenance = gate::in_maintenance(
@@ -359,7 +373,7 @@ impl ProxyHttp for Proxy {
             let pick = if limited {
                 self.choose_full(ctx)
                     .pick
-                    .filter(|(s, _)| self.rt.live[ctx.backend][*s].try_take())
+                    .filter(|(s, _)| ctx.snap().servers[ctx.backend][*s].server.try_take())
                     .map(|(s, tier)| {
                         ctx.tier = Some(tier);
                         s
@@ -377,11 +391,11 @@ impl ProxyHttp for Proxy {
                 }
             }
         }
-        let Some(s) = ctx.server else {
+        let Some(server) = ctx.target() else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "no server chosen");
         };
         let backend = &self.rt.config.backends[ctx.backend];
-        let mut peer = HttpPeer::new(self.rt.live[ctx.backend][s].addr, false, String::new());
+        let mut peer = HttpPeer::new(server.addr, false, String::new());
         peer.options.connection_timeout = Some(backend.connect_timeout);
         // The longest silence of the server while drawbridge waits on it.
         peer.options.read_timeout = Some(backend.read_timeout);
@@ -426,8 +440,8 @@ impl ProxyHttp for Proxy {
         ctx: &mut Box<Ctx>,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(s) = ctx.server {
-            self.rt.metrics.servers[ctx.backend][s].connect_errors.inc();
+        if let Some(server) = ctx.target() {
+            server.metrics.connect_errors.inc();
         }
         // Nothing of the request was sent yet: safe to try another server.
         e.set_retry(ctx.peer_calls <= self.rt.config.backends[ctx.backend].retries);
@@ -491,7 +505,9 @@ impl ProxyHttp for Proxy {
         }
         if let Some(s) = ctx.server.filter(|_| !ctx.maintenance_backend) {
             if ctx.cookie_server != Some(s) {
-                self.pins.pin(resp, ctx.backend, s, ctx.tls);
+                if let Some(value) = ctx.target().and_then(|u| u.pin(ctx.tls)) {
+                    pin::pin(resp, value.clone());
+                }
             }
         }
         Ok(())
@@ -508,9 +524,7 @@ impl ProxyHttp for Proxy {
         _digest: Option<&pingora_core::protocols::Digest>,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
-        let sessions = ctx
-            .server
-            .and_then(|s| self.rt.live[ctx.backend][s].sessions.as_ref());
+        let sessions = ctx.target().and_then(|u| u.sessions.clone());
         if let Some(sessions) = sessions {
             ctx.upstream = None;
             ctx.upstream = Some(sessions.register(fd));
@@ -520,7 +534,8 @@ impl ProxyHttp for Proxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<Ctx>) {
         ctx.upstream = None;
-        ctx.inflight = None;
+        // Accounted with its server, then the server's count is released.
         account::account(&self.rt, self.access_log, session, e, ctx);
+        ctx.inflight = None;
     }
 }

@@ -4,7 +4,7 @@
 
 use super::{headers, Ctx};
 use crate::policy::sticky;
-use crate::state::Runtime;
+use crate::state::{Runtime, Snapshot};
 use bytes::Bytes;
 use headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use http::header::{HeaderValue, COOKIE, HOST};
@@ -25,7 +25,12 @@ pub enum OurCookies {
 
 /// Which of our cookies the request carries, the bypass cookie's value
 /// kept and the sticky cookie's server looked up.
-pub fn read_cookies(rt: &Runtime, req: &RequestHeader, ctx: &mut Ctx) -> OurCookies {
+pub fn read_cookies(
+    rt: &Runtime,
+    snap: &Snapshot,
+    req: &RequestHeader,
+    ctx: &mut Ctx,
+) -> OurCookies {
     let site = &rt.config.sites[ctx.site];
     let backend = &rt.config.backends[ctx.backend];
     let sticky_cookie = backend.sticky.as_ref().map(|st| st.cookie.as_str());
@@ -36,7 +41,10 @@ pub fn read_cookies(rt: &Runtime, req: &RequestHeader, ctx: &mut Ctx) -> OurCook
     let [bypass_cookie, sticky_value] = cookies.values;
     ctx.bypass_cookie = bypass_cookie.map(Bytes::copy_from_slice);
     if let Some(v) = sticky_value {
-        ctx.cookie_server = backend.servers.iter().position(|s| s.id.as_bytes() == v);
+        let servers = snap.servers[ctx.backend].iter();
+        ctx.cookie_server = servers
+            .map(|m| m.server.conf.id.as_bytes())
+            .position(|id| id == v);
         if ctx.cookie_server.is_none() {
             rt.metrics.backends[ctx.backend].redispatch_unknown.inc();
         }

@@ -2,8 +2,8 @@
 //! section 5). Read strictly at start (a file that cannot be read, parsed
 //! or applied stops the start), written atomically after each change.
 
-use super::{build_snapshot, now_ms, Draft, ServerAdmin};
-use crate::config::{AdminState, Config, MaintenanceSettings};
+use super::{check_draft, now_ms, Draft, DraftServer, ServerAdmin};
+use crate::config::{check, AdminState, Config, MaintenanceSettings, ServerSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -20,6 +20,12 @@ pub(super) struct StateFile {
     sites: BTreeMap<String, MaintenanceSettings>,
     #[serde(default)]
     servers: BTreeMap<String, BTreeMap<String, ServerAdmin>>,
+    /// Per backend: the servers added at runtime, in the order added.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    added: BTreeMap<String, Vec<ServerSpec>>,
+    /// Per backend: the config's servers deleted at runtime.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    removed: BTreeMap<String, Vec<String>>,
 }
 
 /// The state an instance starts with: the config's initial values,
@@ -40,21 +46,63 @@ pub fn initial_state(config: &Config) -> Result<(Draft, Option<String>), String>
             ),
         }
     }
-    for (bname, servers) in file.servers {
-        let Some(b) = config.backend_index(&bname) else {
+    let backend = |name: &str| {
+        let b = config.backend_index(name);
+        if b.is_none() {
             log::warn!(
-                "state file {}: backend {bname:?} is gone from the config, dropped",
+                "state file {}: backend {name:?} is gone from the config, dropped",
                 path.display()
             );
-            continue;
-        };
+        }
+        b
+    };
+    for (bname, names) in file.removed {
+        let Some(b) = backend(&bname) else { continue };
+        for name in names {
+            match draft.find(b, &name) {
+                Some(s) => {
+                    draft.servers[b].remove(s);
+                }
+                None => log::info!(
+                    "state file {}: server {bname}/{name}, deleted at runtime, is gone from the config too",
+                    path.display()
+                ),
+            }
+        }
+    }
+    for (bname, specs) in file.added {
+        let Some(b) = backend(&bname) else { continue };
+        for spec in specs {
+            if draft.find(b, &spec.name).is_some() || config.backends[b].server(&spec.name) {
+                log::warn!(
+                    "state file {}: server {bname}/{}, added at runtime, is now in the config: the config's is used",
+                    path.display(),
+                    spec.name
+                );
+                continue;
+            }
+            let conf = check::added_server(&bname, &spec).map_err(|e| {
+                format!(
+                    "state file {}: server {bname}/{}: {e}",
+                    path.display(),
+                    spec.name
+                )
+            })?;
+            draft.servers[b].push(DraftServer {
+                conf: std::sync::Arc::new(conf),
+                admin: ServerAdmin {
+                    state: AdminState::Maint,
+                    weight: 1,
+                },
+                added: true,
+            });
+        }
+    }
+    for (bname, servers) in file.servers {
+        let Some(b) = backend(&bname) else { continue };
         for (sname, admin) in servers {
-            match config.backends[b]
-                .servers
-                .iter()
-                .position(|s| s.name == sname)
-            {
-                Some(s) => draft.servers[b][s] = admin,
+            match draft.find(b, &sname) {
+                Some(s) => draft.servers[b][s].admin = admin,
                 None => log::warn!(
                     "state file {}: server {bname}/{sname} is gone from the config, dropped",
                     path.display()
@@ -72,7 +120,7 @@ pub fn initial_state(config: &Config) -> Result<(Draft, Option<String>), String>
             );
         }
     }
-    build_snapshot(config, &draft).map_err(|e| format!("state file {}: {e}", path.display()))?;
+    check_draft(config, &draft).map_err(|e| format!("state file {}: {e}", path.display()))?;
     log_restored(config, &draft, path);
     Ok((draft, file.bypass_secret))
 }
@@ -90,7 +138,8 @@ pub(super) fn end_window(m: &mut MaintenanceSettings, now: u64) -> bool {
 }
 
 /// What the state file changed from the config, one line each: sites in
-/// maintenance and servers not `ready`. Empty when it changed nothing.
+/// maintenance, servers not `ready`, servers added and deleted at runtime.
+/// Empty when it changed nothing.
 pub fn restored(config: &Config, draft: &Draft) -> Vec<String> {
     let sites: Vec<&str> = config
         .sites
@@ -99,16 +148,27 @@ pub fn restored(config: &Config, draft: &Draft) -> Vec<String> {
         .filter(|(_, m)| m.enabled)
         .map(|(s, _)| s.name.as_str())
         .collect();
-    let servers: Vec<String> = config
-        .backends
-        .iter()
-        .zip(&draft.servers)
-        .flat_map(|(b, admins)| {
+    let each = || config.backends.iter().zip(&draft.servers);
+    let servers: Vec<String> = each()
+        .flat_map(|(b, list)| {
+            list.iter()
+                .filter(|s| s.admin.state != AdminState::Ready)
+                .map(move |s| format!("{}/{} {}", b.name, s.conf.name, s.admin.state.as_str()))
+        })
+        .collect();
+    let added: Vec<String> = each()
+        .flat_map(|(b, list)| {
+            list.iter()
+                .filter(|s| s.added)
+                .map(move |s| format!("{}/{} {}", b.name, s.conf.name, s.conf.addr))
+        })
+        .collect();
+    let removed: Vec<String> = each()
+        .flat_map(|(b, list)| {
             b.servers
                 .iter()
-                .zip(admins)
-                .filter(|(_, a)| a.state != AdminState::Ready)
-                .map(move |(s, a)| format!("{}/{} {}", b.name, s.name, a.state.as_str()))
+                .filter(|c| !list.iter().any(|s| s.conf.name == c.name))
+                .map(move |c| format!("{}/{}", b.name, c.name))
         })
         .collect();
     let mut lines = Vec::new();
@@ -117,6 +177,12 @@ pub fn restored(config: &Config, draft: &Draft) -> Vec<String> {
     }
     if !servers.is_empty() {
         lines.push(format!("server state(s) {}", servers.join(", ")));
+    }
+    if !added.is_empty() {
+        lines.push(format!("server(s) added {}", added.join(", ")));
+    }
+    if !removed.is_empty() {
+        lines.push(format!("server(s) deleted {}", removed.join(", ")));
     }
     lines
 }
@@ -150,14 +216,43 @@ pub(super) fn to_file(config: &Config, draft: &Draft, secret: Option<&str>) -> S
             .backends
             .iter()
             .zip(&draft.servers)
-            .map(|(b, admins)| {
-                let servers = b
-                    .servers
+            .map(|(b, list)| {
+                let servers = list
                     .iter()
-                    .zip(admins)
-                    .map(|(s, a)| (s.name.clone(), *a))
+                    .map(|s| (s.conf.name.clone(), s.admin))
                     .collect();
                 (b.name.clone(), servers)
+            })
+            .collect(),
+        added: config
+            .backends
+            .iter()
+            .zip(&draft.servers)
+            .filter_map(|(b, list)| {
+                let specs: Vec<ServerSpec> = list
+                    .iter()
+                    .filter(|s| s.added)
+                    .map(|s| ServerSpec {
+                        name: s.conf.name.clone(),
+                        addr: s.conf.addr.clone(),
+                        backup: s.conf.backup,
+                    })
+                    .collect();
+                (!specs.is_empty()).then(|| (b.name.clone(), specs))
+            })
+            .collect(),
+        removed: config
+            .backends
+            .iter()
+            .zip(&draft.servers)
+            .filter_map(|(b, list)| {
+                let gone: Vec<String> = b
+                    .servers
+                    .iter()
+                    .filter(|c| !list.iter().any(|s| !s.added && s.conf.name == c.name))
+                    .map(|c| c.name.clone())
+                    .collect();
+                (!gone.is_empty()).then(|| (b.name.clone(), gone))
             })
             .collect(),
     }

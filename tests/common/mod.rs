@@ -699,3 +699,64 @@ pub fn serve_each(handle: impl Fn(std::net::TcpStream) + Send + Sync + 'static) 
     });
     addr
 }
+
+/// New clients (no cookie) on new connections until stopped: (ok, failed).
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(addr: &str) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ok, failed) = (
+            std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        );
+        let thread = {
+            let (addr, stop, ok, failed) =
+                (addr.to_string(), stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = drawbridge::httpc::request(
+                        &addr,
+                        &Request::new("GET", "/"),
+                        Duration::from_secs(5),
+                    );
+                    match r {
+                        Ok(r) if r.status == 200 => {
+                            ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        }
+                        _ => failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    };
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        Load {
+            stop,
+            ok,
+            failed,
+            thread: Some(thread),
+        }
+    }
+
+    /// (ok, failed) so far.
+    pub fn counts(&self) -> (usize, usize) {
+        (
+            self.ok.load(std::sync::atomic::Ordering::Relaxed),
+            self.failed.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Stop, and (ok, failed).
+    pub fn finish(mut self) -> (usize, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.counts()
+    }
+}
