@@ -143,6 +143,49 @@ fn a_file_check_refuses_changes_nothing() {
     assert_eq!(d.get("/").status, 200);
 }
 
+/// Servers added and deleted through the API are kept by a reload, and
+/// the new process serves them.
+#[test]
+fn servers_changed_through_the_api_are_kept_by_a_reload() {
+    let (a, b, c) = (
+        Upstream::start("app-01"),
+        Upstream::start("app-02"),
+        Upstream::start("app-03"),
+    );
+    let d = Drawbridge::start(&two_server_yaml(&a.addr, &b.addr));
+    let old = serving_pid(&d).expect("pid");
+    let body = format!(r#"{{"name":"app-03","addr":"{}","state":"ready"}}"#, c.addr);
+    let r = d.api("POST", "/api/v1/backends/app/servers", Some(&body));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let gone = "/api/v1/backends/app/servers/app-01";
+    let r = d.api(
+        "PUT",
+        &format!("{gone}/state"),
+        Some(r#"{"state":"maint"}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(wait_until(TIMEOUT, || d.api("DELETE", gone, None).status == 200));
+
+    let o = reload(&d.config);
+    let mut new = None;
+    wait_until(TIMEOUT, || {
+        new = serving_pid(&d).filter(|p| *p != old);
+        new.is_some()
+    });
+    let _adopted = Adopted(new);
+    assert!(o.status.success(), "{}", err(&o));
+    let status = json(&d.api("GET", "/api/v1/status", None));
+    let names: Vec<&str> = status["backends"][0]["servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["app-02", "app-03"], "{status}");
+    assert!(wait_until(TIMEOUT, || d.get("/").text().trim() == "app-03"));
+    assert_eq!(d.api("GET", gone, None).status, 404);
+}
+
 #[test]
 fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
     let (a, b) = (Upstream::start("app-01"), Upstream::start("app-02"));

@@ -198,14 +198,18 @@ impl Proxy {
     /// Account a request to a server: in flight while the context holds
     /// it (`taken`: its slot is already counted).
     pub(super) fn assign(&self, ctx: &mut Ctx, s: usize, taken: bool) {
-        let live = ctx.snap().servers[ctx.backend][s].server.clone();
-        // The previous server's count goes first.
+        let inflight = {
+            let live = &ctx.snap().servers[ctx.backend][s].server;
+            if taken {
+                InFlight::adopt(live.clone())
+            } else {
+                InFlight::new(live)
+            }
+        };
+        // A retry's previous server is released before the new guard is
+        // kept.
         ctx.inflight = None;
-        ctx.inflight = Some(if taken {
-            InFlight::adopt(live.clone())
-        } else {
-            InFlight::new(&live)
-        });
+        let live = ctx.inflight.insert(inflight).server();
         ctx.server = Some(s);
         live.requests_total.fetch_add(1, Relaxed);
         if ctx.tier == Some(Tier::Sticky) {
