@@ -567,16 +567,21 @@ pub fn state_file(data: &[u8]) {
     );
     for (b, list) in config.backends.iter().zip(&draft.servers) {
         // The config's servers but those deleted, then those added.
+        // A deletion names the server as it was: one the config defines
+        // otherwise stays, and so does a backend's last one.
         let removed = file.removed.get(&b.name);
-        let added = file.added.get(&b.name);
-        let mut names: Vec<&str> = b
-            .servers
-            .iter()
-            .map(|s| s.name.as_str())
-            .filter(|n| !removed.is_some_and(|r| r.iter().any(|x| x == n)))
-            .collect();
-        for spec in added.into_iter().flatten() {
-            if !b.server(&spec.name) && !names.contains(&spec.name.as_str()) {
+        let mut names: Vec<&str> = b.servers.iter().map(|s| s.name.as_str()).collect();
+        for spec in removed.into_iter().flatten() {
+            let same = b
+                .servers
+                .iter()
+                .any(|c| c.name == spec.name && c.addr == spec.addr && c.backup == spec.backup);
+            if same && names.len() > 1 {
+                names.retain(|n| *n != spec.name);
+            }
+        }
+        for spec in file.added.get(&b.name).into_iter().flatten() {
+            if !names.contains(&spec.name.as_str()) {
                 names.push(&spec.name);
             }
         }
@@ -634,7 +639,7 @@ struct FileView {
     #[serde(default)]
     added: std::collections::BTreeMap<String, Vec<config::ServerSpec>>,
     #[serde(default)]
-    removed: std::collections::BTreeMap<String, Vec<String>>,
+    removed: std::collections::BTreeMap<String, Vec<config::ServerSpec>>,
 }
 
 struct StateFixture {

@@ -220,6 +220,13 @@ pub struct Runtime {
     /// Serialises admin changes and state-file writes; holds the generated
     /// bypass secret so each write keeps it.
     writer: Mutex<Option<String>>,
+    /// Taken to store a snapshot (whose up masks are read from the
+    /// servers' flags) and by [`Runtime::set_health`] to set a flag and
+    /// its bit, so that no verdict falls between the two.
+    publish: Mutex<()>,
+    /// Serialises [`Runtime::refresh_queue`]: the last to run read the
+    /// latest snapshot and flags.
+    refresh: Mutex<()>,
 }
 
 static NEXT_RUNTIME: AtomicU64 = AtomicU64::new(1);
@@ -317,6 +324,8 @@ impl Runtime {
             metrics,
             snapshot: ArcSwap::from_pointee(snapshot),
             writer: Mutex::new(Some(secret)),
+            publish: Mutex::new(()),
+            refresh: Mutex::new(()),
             config: Arc::new(config),
         };
         rt.publish_metrics(&rt.snapshot.load());
@@ -418,6 +427,7 @@ impl Runtime {
                 return Err(e);
             }
         };
+        let publish = self.publish.lock().unwrap_or_else(|p| p.into_inner());
         let snapshot = assemble(sites, draft, servers);
         self.publish_metrics(&snapshot);
         let now = now_ms();
@@ -432,6 +442,10 @@ impl Runtime {
         }
         self.snapshot.store(Arc::new(snapshot));
         self.generation.fetch_add(1, Release);
+        drop(publish);
+        for s in &made {
+            s.metrics.up.set(i64::from(s.up.load(Relaxed)));
+        }
         let snapshot = self.snapshot.load();
         for old in current.servers.iter().flatten() {
             if !snapshot.servers[old.server.backend]
@@ -476,7 +490,6 @@ impl Runtime {
                         )
                         .map_err(StateError::Invalid)?;
                         let server = Arc::new(server);
-                        server.metrics.up.set(i64::from(up));
                         made.push(server.clone());
                         server
                     }
@@ -712,6 +725,7 @@ impl Runtime {
         let Some(q) = &self.queues[backend] else {
             return;
         };
+        let _serial = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
         let snap = self.snapshot();
         let mut cands = Vec::new();
         self.candidates_into(&snap, backend, |mut c| {
@@ -738,9 +752,9 @@ impl Runtime {
     pub fn set_health(&self, server: &Arc<Server>, up: bool) {
         let b = server.backend;
         {
-            // With the writer's lock: a snapshot being made reads the
-            // flags after this one's bit is set, or before the flag is.
-            let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            // A snapshot being stored read the flags after this one's bit
+            // is set, or before the flag is.
+            let _guard = self.publish.lock().unwrap_or_else(|p| p.into_inner());
             let was = server.up.swap(up, Relaxed);
             if up && !was {
                 server.usable_since_ms.store(now_ms(), Relaxed);

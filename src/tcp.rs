@@ -77,7 +77,9 @@ impl TcpProxy {
                 Choice { wait: Some(_), .. } => {
                     let servers: Vec<_> = members.iter().map(|m| m.server.clone()).collect();
                     return match queue.wait(None, &servers).await {
-                        Waited::Granted(s) => Some(InFlight::adopt(s)),
+                        // Given back if it left its backend meanwhile.
+                        Waited::Granted(s) => Some(InFlight::adopt(s))
+                            .filter(|g| rt.snapshot().position(b, g.server().key).is_some()),
                         Waited::TimedOut => {
                             rt.metrics.backends[b].queue_timeouts.inc();
                             None

@@ -88,17 +88,19 @@ pub fn name(what: &str, name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err(format!("{what} name must not be empty"));
     }
-    if name.len() > 128
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     {
         return Err(format!(
-            "{what} name {name:?} may only use letters, digits, '-', '_' and '.' (at most 128)"
+            "{what} name {name:?} may only use letters, digits, '-', '_' and '.'"
         ));
     }
     Ok(())
 }
+
+/// Longest name of a server added at runtime.
+pub const MAX_ADDED_NAME: usize = 128;
 
 /// An upstream address: `ip:port`, or `host:port` when `host_names` (the
 /// config file's servers, resolved when the proxy starts; a server added
@@ -136,6 +138,12 @@ pub fn upstream_addr(s: &str, host_names: bool) -> Result<(), String> {
 /// `max_conns` nor `slowstart`.
 pub fn added_server(backend: &str, spec: &ServerSpec) -> Result<Server, String> {
     name("server", &spec.name)?;
+    if spec.name.len() > MAX_ADDED_NAME {
+        return Err(format!(
+            "server name: at most {MAX_ADDED_NAME} characters, not {}",
+            spec.name.len()
+        ));
+    }
     upstream_addr(&spec.addr, false).map_err(|e| format!("addr: {e}"))?;
     Ok(Server {
         name: spec.name.clone(),

@@ -23,9 +23,10 @@ pub(super) struct StateFile {
     /// Per backend: the servers added at runtime, in the order added.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     added: BTreeMap<String, Vec<ServerSpec>>,
-    /// Per backend: the config's servers deleted at runtime.
+    /// Per backend: the config's servers deleted at runtime, as they were
+    /// (a server of that name the config defines otherwise is kept).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    removed: BTreeMap<String, Vec<String>>,
+    removed: BTreeMap<String, Vec<ServerSpec>>,
 }
 
 /// The state an instance starts with: the config's initial values,
@@ -56,10 +57,19 @@ pub fn initial_state(config: &Config) -> Result<(Draft, Option<String>), String>
         }
         b
     };
-    for (bname, names) in file.removed {
+    for (bname, specs) in file.removed {
         let Some(b) = backend(&bname) else { continue };
-        for name in names {
-            match draft.find(b, &name) {
+        for spec in specs {
+            let name = &spec.name;
+            match draft.find(b, name) {
+                Some(s) if !same_server(&draft.servers[b][s], &spec) => log::warn!(
+                    "state file {}: server {bname}/{name} was deleted at runtime, and the config now defines it otherwise: kept",
+                    path.display()
+                ),
+                Some(_) if draft.servers[b].len() == 1 => log::warn!(
+                    "state file {}: server {bname}/{name} was deleted at runtime, but it is the last one the config gives the backend: kept",
+                    path.display()
+                ),
                 Some(s) => {
                     draft.servers[b].remove(s);
                 }
@@ -73,7 +83,7 @@ pub fn initial_state(config: &Config) -> Result<(Draft, Option<String>), String>
     for (bname, specs) in file.added {
         let Some(b) = backend(&bname) else { continue };
         for spec in specs {
-            if draft.find(b, &spec.name).is_some() || config.backends[b].server(&spec.name) {
+            if draft.find(b, &spec.name).is_some() {
                 log::warn!(
                     "state file {}: server {bname}/{}, added at runtime, is now in the config: the config's is used",
                     path.display(),
@@ -123,6 +133,20 @@ pub fn initial_state(config: &Config) -> Result<(Draft, Option<String>), String>
     check_draft(config, &draft).map_err(|e| format!("state file {}: {e}", path.display()))?;
     log_restored(config, &draft, path);
     Ok((draft, file.bypass_secret))
+}
+
+/// Whether a server of the config is the one a state file's entry names.
+fn same_server(s: &DraftServer, spec: &ServerSpec) -> bool {
+    s.conf.name == spec.name && s.conf.addr == spec.addr && s.conf.backup == spec.backup
+}
+
+/// A server as the state file keeps it.
+fn spec_of(s: &crate::config::Server) -> ServerSpec {
+    ServerSpec {
+        name: s.name.clone(),
+        addr: s.addr.clone(),
+        backup: s.backup,
+    }
 }
 
 /// Switch off a maintenance whose window has reached its end; whether it
@@ -232,11 +256,7 @@ pub(super) fn to_file(config: &Config, draft: &Draft, secret: Option<&str>) -> S
                 let specs: Vec<ServerSpec> = list
                     .iter()
                     .filter(|s| s.added)
-                    .map(|s| ServerSpec {
-                        name: s.conf.name.clone(),
-                        addr: s.conf.addr.clone(),
-                        backup: s.conf.backup,
-                    })
+                    .map(|s| spec_of(&s.conf))
                     .collect();
                 (!specs.is_empty()).then(|| (b.name.clone(), specs))
             })
@@ -246,11 +266,11 @@ pub(super) fn to_file(config: &Config, draft: &Draft, secret: Option<&str>) -> S
             .iter()
             .zip(&draft.servers)
             .filter_map(|(b, list)| {
-                let gone: Vec<String> = b
+                let gone: Vec<ServerSpec> = b
                     .servers
                     .iter()
                     .filter(|c| !list.iter().any(|s| !s.added && s.conf.name == c.name))
-                    .map(|c| c.name.clone())
+                    .map(spec_of)
                     .collect();
                 (!gone.is_empty()).then(|| (b.name.clone(), gone))
             })

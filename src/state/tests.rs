@@ -311,3 +311,66 @@ backends:
     assert_eq!(names(&rt), ["a"]);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The servers a restart on `config` starts with: (name, addr, added).
+fn restarted(config: &Config) -> Vec<(String, String, bool)> {
+    let (draft, _) = initial_state(config).unwrap_or_else(|e| panic!("{e}"));
+    draft.servers[0]
+        .iter()
+        .map(|s| (s.conf.name.clone(), s.conf.addr.clone(), s.added))
+        .collect()
+}
+
+/// A config server deleted then added again through the API (at another
+/// address) is the API's after a restart; a deletion is of the server as
+/// it was: once the config defines that name otherwise, the config's
+/// stays.
+#[test]
+fn a_deleted_server_added_again_or_redefined_is_kept() {
+    let dir = temp_dir("readded");
+    let rt = runtime(&dir);
+    rt.update(|d| {
+        let b = d.find(0, "b").unwrap_or_else(|| panic!("no b"));
+        d.servers[0].remove(b);
+        d.servers[0].push(added("b", "127.0.0.1:9", AdminState::Ready));
+        Ok::<_, StateError>(())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let config = (*rt.config).clone();
+    drop(rt);
+    let text = std::fs::read_to_string(&config.state_file).unwrap_or_default();
+    assert_eq!(
+        restarted(&config),
+        [
+            ("a".into(), "127.0.0.1:1".into(), false),
+            ("b".into(), "127.0.0.1:9".into(), true)
+        ],
+        "{text}"
+    );
+
+    // Only deleted now, then the config's b moves to another address.
+    let rt = Runtime::new(config.clone(), 1024).unwrap_or_else(|e| panic!("{e}"));
+    rt.update(|d| {
+        d.servers[0].retain(|s| s.conf.name != "b");
+        Ok::<_, StateError>(())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    drop(rt);
+    let names: Vec<String> = restarted(&config).into_iter().map(|s| s.0).collect();
+    assert_eq!(names, ["a"]);
+    let mut moved = config.clone();
+    moved.backends[0].servers[1].addr = "127.0.0.1:7".into();
+    assert_eq!(
+        restarted(&moved),
+        [
+            ("a".into(), "127.0.0.1:1".into(), false),
+            ("b".into(), "127.0.0.1:7".into(), false)
+        ]
+    );
+    // A config left with only the deleted server keeps it.
+    let mut only_b = config.clone();
+    only_b.backends[0].servers.remove(0);
+    let names: Vec<String> = restarted(&only_b).into_iter().map(|s| s.0).collect();
+    assert_eq!(names, ["b"]);
+    let _ = std::fs::remove_dir_all(dir);
+}
