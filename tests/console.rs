@@ -8,8 +8,10 @@ mod common;
 use common::*;
 use drawbridge::httpc::{Request, Response};
 use serde_json::Value;
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "c0ns0le-t0ken-5e1f";
@@ -337,28 +339,21 @@ fn screenshot_dir() -> (PathBuf, Option<tempfile::TempDir>) {
     }
 }
 
-#[test]
-fn the_console_in_a_headless_browser() {
-    let Some((chromium, driver, python)) = browser_tools() else {
-        return;
-    };
-    let (d, _a, _b) = start(true);
-    assert_eq!(
-        bearer(&d, "/api/v1/backends/app/servers/app-02")["weight"],
-        1
-    );
-    let (shots, _keep) = screenshot_dir();
-    let sticky = format!(
-        "SERVERID={}",
-        drawbridge::config::server_id("app", "app-01")
-    );
+/// One at a time: two Chromiums at once only slow each other down.
+static BROWSER: Mutex<()> = Mutex::new(());
+
+/// Run `tests/console/browser.py <scenario>` against `d` with `env`;
+/// panics unless it passes within 150 s. Its standard output.
+fn browser(d: &Drawbridge, scenario: &str, env: &[(&str, &OsStr)]) -> Option<String> {
+    let (chromium, driver, python) = browser_tools()?;
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let mut child = Command::new(python)
         .arg(repo_path("tests/console/browser.py"))
-        .env("ADMIN_URL", origin(&d))
+        .arg(scenario)
+        .env("ADMIN_URL", origin(d))
         .env("WEB_URL", format!("http://{}", d.web))
         .env("ADMIN_TOKEN", TOKEN)
-        .env("STICKY", sticky)
-        .env("SCREENSHOTS", &shots)
+        .envs(env.iter().copied())
         .env("CHROMIUM", chromium)
         .env("CHROMEDRIVER", driver)
         .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -395,11 +390,34 @@ fn the_console_in_a_headless_browser() {
         stderr.join().unwrap_or_default(),
     );
     eprintln!("{out}{errs}");
-    let status = status.expect("the browser scenario did not finish within 150 s");
+    let status = status
+        .unwrap_or_else(|| panic!("the browser scenario {scenario} did not finish within 150 s"));
     assert!(
         status.success(),
-        "the browser scenario failed:\n{out}\n{errs}"
+        "the browser scenario {scenario} failed:\n{out}\n{errs}"
     );
+    Some(out)
+}
+
+#[test]
+fn the_console_in_a_headless_browser() {
+    let (d, _a, _b) = start(true);
+    assert_eq!(
+        bearer(&d, "/api/v1/backends/app/servers/app-02")["weight"],
+        1
+    );
+    let (shots, _keep) = screenshot_dir();
+    let sticky = format!(
+        "SERVERID={}",
+        drawbridge::config::server_id("app", "app-01")
+    );
+    let env = [
+        ("STICKY", OsStr::new(&sticky)),
+        ("SCREENSHOTS", shots.as_os_str()),
+    ];
+    let Some(out) = browser(&d, "console", &env) else {
+        return;
+    };
     assert!(out.contains("browser: scenario passed"));
     for name in ["console-desktop.png", "console-phone.png"] {
         let bytes = std::fs::read(shots.join(name)).unwrap_or_default();
@@ -416,4 +434,45 @@ fn the_console_in_a_headless_browser() {
     assert_eq!(app02["weight"], 3, "the weight set with the keyboard");
     assert!(!maintenance_on(&d));
     assert!(d.log_text().contains("console logout"));
+}
+
+/// The names of backend app's servers in `GET /api/v1/status`.
+fn status_servers(d: &Drawbridge) -> Vec<String> {
+    let status = bearer(d, "/api/v1/status");
+    let app = status["backends"]
+        .as_array()
+        .and_then(|bs| bs.iter().find(|b| b["name"] == "app"))
+        .expect("backend app in the status");
+    app["servers"]
+        .as_array()
+        .expect("its servers")
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn a_server_is_added_and_deleted_in_the_browser() {
+    let (d, _a, _b) = start(true);
+    let new = Upstream::start("app-03");
+    assert_eq!(status_servers(&d), ["app-01", "app-02"]);
+    // The page adds app-03 at the upstream's address in maint, sees its
+    // card, finds Delete disabled while it is ready, sets it to maint and
+    // deletes it (checking the API's status after each step).
+    let spec = format!("app-03={}", new.addr);
+    let Some(out) = browser(&d, "servers", &[("NEW_SERVER", OsStr::new(&spec))]) else {
+        return;
+    };
+    assert!(out.contains("browser: servers scenario passed"), "{out}");
+    assert_eq!(status_servers(&d), ["app-01", "app-02"]);
+    let log = d.log_text();
+    assert!(
+        log.contains(&format!(
+            "server app/app-03 ({}) added, state maint",
+            new.addr
+        )),
+        "{log}"
+    );
+    assert!(log.contains("server app/app-03 deleted"), "{log}");
+    assert!(!log.contains("app-03 deleted (forced)"), "{log}");
 }

@@ -4,7 +4,7 @@
 'use strict';
 
 const POLL_MS = 1500;
-const state = { csrf: null, auth: null, timer: null, sites: new Map(), servers: new Map(), shape: '' };
+const state = { csrf: null, auth: null, timer: null, sites: new Map(), backends: new Map(), servers: new Map(), shape: '' };
 
 function $(id) { return document.getElementById(id); }
 
@@ -27,6 +27,15 @@ function field(label, attrs) {
   const id = 'f' + (++uid);
   const input = el('input', Object.assign({ id }, attrs));
   return [el('p', { class: 'field' }, el('label', { for: id, text: label }), input), input];
+}
+
+// A labelled select of [value, text, selected] options: the wrapper, and
+// the select.
+function choice(label, attrs, options) {
+  const id = 'f' + (++uid);
+  const select = el('select', Object.assign({ id }, attrs),
+    ...options.map(([value, text, selected]) => el('option', { value, text, selected })));
+  return [el('p', { class: 'field' }, el('label', { for: id, text: label }), select), select];
 }
 
 function say(text, bad) {
@@ -160,22 +169,25 @@ async function refresh() {
   }
 }
 
-// The page is built once per set of names and updated in place, so that
-// what an operator types survives the polling.
+// The page is built once per set of sites and backends and updated in
+// place, so that what an operator types survives the polling. Server cards
+// are keyed by name: a server added or deleted at runtime gets or loses its
+// card, the others stay as they are.
 function render(status) {
-  const shape = JSON.stringify([
-    status.sites.map((s) => s.name),
-    status.backends.map((b) => [b.name, b.servers.map((s) => s.name)]),
-  ]);
+  const shape = JSON.stringify([status.sites.map((s) => s.name), status.backends.map((b) => b.name)]);
   if (shape !== state.shape) {
     state.shape = shape;
     state.sites.clear();
+    state.backends.clear();
     state.servers.clear();
     $('sites').replaceChildren(...status.sites.map(siteCard));
     $('backends').replaceChildren(...status.backends.map(backendBlock));
   }
   for (const s of status.sites) updateSite(s);
-  for (const b of status.backends) for (const s of b.servers) updateServer(s);
+  for (const b of status.backends) {
+    syncServers(b);
+    for (const s of b.servers) updateServer(s, b.servers.length);
+  }
 }
 
 // ---------------------------------------------------------------- sites
@@ -309,15 +321,75 @@ function setFacts(dl, rows) {
 // -------------------------------------------------------------- servers
 
 function backendBlock(backend) {
-  return el('section', { class: 'backend', 'aria-label': 'Backend ' + backend.name },
+  const list = el('div', { class: 'servers' });
+  state.backends.set(backend.name, { list, keys: [] });
+  return el('section', { class: 'backend', 'data-backend': backend.name, 'aria-label': 'Backend ' + backend.name },
     el('h3', { text: 'Backend ' + backend.name }),
-    el('div', { class: 'servers' }, ...backend.servers.map((s) => serverCard(backend.name, s))));
+    list,
+    addServerForm(backend.name));
+}
+
+// The backend's server cards as the API lists them: the cards of deleted
+// servers go, new servers get one, the others are left in place (a moved
+// element would lose the keyboard focus).
+function syncServers(backend) {
+  const blk = state.backends.get(backend.name);
+  if (!blk) return;
+  const keys = backend.servers.map((s) => backend.name + '/' + s.name);
+  if (keys.join('\n') === blk.keys.join('\n')) return;
+  for (const k of blk.keys) {
+    if (keys.includes(k)) continue;
+    const v = state.servers.get(k);
+    if (v) v.card.remove();
+    state.servers.delete(k);
+  }
+  backend.servers.forEach((s, i) => {
+    const k = keys[i];
+    const card = (state.servers.get(k) || { card: serverCard(backend.name, s) }).card;
+    if (blk.list.children[i] !== card) blk.list.insertBefore(card, blk.list.children[i] || null);
+  });
+  blk.keys = keys;
+}
+
+function addServerForm(backend) {
+  const [fName, name] = field('Name', { type: 'text', required: true, maxlength: '100', placeholder: 'app-03', autocomplete: 'off', 'data-input': 'server-name' });
+  const [fAddr, addr] = field('Address (ip:port)', { type: 'text', required: true, placeholder: '10.0.0.3:8080', autocomplete: 'off', 'data-input': 'server-addr' });
+  const [fWeight, weight] = field('Weight (optional, 0–256)', { type: 'number', min: '0', max: '256', inputmode: 'numeric', placeholder: '1', 'data-input': 'server-weight' });
+  const [fState, initial] = choice('Initial state', { 'data-input': 'server-state' },
+    [['ready', 'Ready'], ['drain', 'Drain'], ['maint', 'Maint', true]]);
+  const form = el('form', {
+    class: 'add-server', 'aria-label': 'Add a server to backend ' + backend, novalidate: true,
+    onsubmit: async (ev) => {
+      ev.preventDefault();
+      const body = { name: name.value.trim(), addr: addr.value.trim(), state: initial.value };
+      if (!body.name) { say('Enter the new server\'s name.', true); name.focus(); return; }
+      if (!body.addr) { say('Enter the new server\'s address (ip:port).', true); addr.focus(); return; }
+      if (weight.value !== '') body.weight = Number(weight.value);
+      if (await change('POST', '/api/v1/backends/' + enc(backend) + '/servers', body,
+        'Server ' + backend + '/' + body.name + ' added (' + body.state + ').')) {
+        form.reset();
+      }
+    },
+  },
+  el('h4', { text: 'Add server' }),
+  el('div', { class: 'row' }, fName, fAddr),
+  el('div', { class: 'row' }, fWeight, fState,
+    el('button', { type: 'submit', 'data-action': 'server-add' }, 'Add server')));
+  return form;
+}
+
+// Why a server cannot be deleted now, or null if it can.
+function whyNotDelete(server, count) {
+  if (count <= 1) return 'The backend\'s last server cannot be deleted.';
+  if (server.state !== 'maint') return 'Set it to Maint to delete it.';
+  if (server.inflight > 0) return 'Wait until nothing is in flight (' + server.inflight + ' now) to delete it.';
+  return null;
 }
 
 function serverCard(backend, server) {
   const key = backend + '/' + server.name;
   const base = '/api/v1/backends/' + enc(backend) + '/servers/' + enc(server.name);
-  const v = { base, key, buttons: {} };
+  const v = { base, key, addr: server.addr, buttons: {} };
   const badge = el('span', { class: 'badge' });
   const facts = el('dl', { class: 'facts' });
   const stateButtons = ['ready', 'drain', 'maint'].map((s) => {
@@ -337,15 +409,27 @@ function serverCard(backend, server) {
     },
   }, 'Set weight');
   const drain = el('div', { class: 'drain', 'data-output': 'drain', hidden: true });
+  const hint = el('span', { class: 'meta', id: 'delete-hint-' + key, 'data-output': 'delete-hint' });
+  const del = el('button', {
+    type: 'button', class: 'danger', 'data-action': 'server-delete', disabled: true,
+    'aria-label': 'Delete server ' + key, 'aria-describedby': 'delete-hint-' + key,
+    onclick: () => {
+      if (!window.confirm('Delete server ' + key + ' (' + v.addr + ') from the backend?')) return;
+      change('DELETE', base, undefined, 'Server ' + key + ' deleted.');
+    },
+  }, 'Delete');
+  const meta = el('p', { class: 'meta' });
   v.badge = badge; v.facts = facts; v.drain = drain; v.weight = weight; v.state = server.state;
+  v.meta = meta; v.del = del; v.hint = hint;
   state.servers.set(key, v);
   return v.card = el('article', { class: 'card', 'data-server': key, 'aria-labelledby': 'server-' + key },
     el('h3', { id: 'server-' + key }, server.name + ' ', badge),
-    el('p', { class: 'meta', text: server.addr + (server.backup ? ' (backup)' : '') }),
+    meta,
     facts,
     el('div', { class: 'row', role: 'group', 'aria-label': 'State of ' + key }, ...stateButtons),
     el('div', { class: 'row' }, fWeight, setWeight),
     drain,
+    el('div', { class: 'row delete' }, del, hint),
   );
 }
 
@@ -355,10 +439,16 @@ function ago(rfc) {
   return rfc + ' (' + s + ' s ago)';
 }
 
-function updateServer(server) {
+function updateServer(server, count) {
   const v = state.servers.get(server.backend + '/' + server.name);
   if (!v) return;
   v.state = server.state;
+  v.addr = server.addr;
+  const meta = server.addr + (server.backup ? ' (backup)' : '') + (server.added ? ', added at runtime' : '');
+  if (v.meta.textContent !== meta) v.meta.textContent = meta;
+  const why = whyNotDelete(server, count);
+  v.del.disabled = why !== null;
+  if (v.hint.textContent !== (why || '')) v.hint.textContent = why || '';
   v.card.setAttribute('data-inflight', String(server.inflight));
   v.card.setAttribute('data-weight', String(server.weight));
   v.badge.textContent = server.state + ', ' + server.health;

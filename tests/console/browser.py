@@ -4,15 +4,22 @@
 Run by tests/console.rs against a drawbridge it started. Every wait is
 bounded; any failure exits non-zero with what the page showed.
 
+Usage: browser.py [console|servers] (default console)
+  console   login, sites, weights, drain progress, screenshots, logout
+  servers   a server added to backend app with the page and deleted again
+
 Environment:
   ADMIN_URL     the admin listener (http://127.0.0.1:PORT)
   WEB_URL       the proxy's web listener
   ADMIN_TOKEN   the admin token
-  STICKY        the Cookie header that pins a request to app-01
-  SCREENSHOTS   folder for console-desktop.png and console-phone.png
+  STICKY        the Cookie header that pins a request to app-01 (console)
+  SCREENSHOTS   folder for console-desktop.png and console-phone.png (console)
+  NEW_SERVER    name and ip:port of a running upstream, "app-03=127.0.0.1:PORT"
+                (servers)
   CHROMIUM, CHROMEDRIVER   the browser and its driver
 """
 
+import json
 import os
 import sys
 import tempfile
@@ -32,8 +39,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 ADMIN = os.environ["ADMIN_URL"]
 WEB = os.environ["WEB_URL"]
 TOKEN = os.environ["ADMIN_TOKEN"]
-STICKY = os.environ["STICKY"]
-SHOTS = os.environ["SCREENSHOTS"]
+STICKY = os.environ.get("STICKY", "")
+SHOTS = os.environ.get("SCREENSHOTS", "")
 WAIT = 15  # seconds, for each wait on the page
 
 
@@ -52,6 +59,18 @@ def proxy_get(path, cookie=None, timeout=10):
         return e.code, e.read().decode()
 
 
+def api_servers(backend):
+    """The servers of `backend` as GET /api/v1/status lists them, by name."""
+    req = urllib.request.Request(ADMIN + "/api/v1/status")
+    req.add_header("Authorization", "Bearer " + TOKEN)
+    with urllib.request.urlopen(req, timeout=10) as r:
+        status = json.load(r)
+    for b in status["backends"]:
+        if b["name"] == backend:
+            return {s["name"]: s for s in b["servers"]}
+    raise AssertionError(f"no backend {backend} in the status")
+
+
 def driver():
     opts = webdriver.ChromeOptions()
     opts.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -67,9 +86,11 @@ def driver():
 
 
 def main():
+    which = sys.argv[1] if len(sys.argv) > 1 else "console"
+    run = {"console": scenario, "servers": servers_scenario}[which]
     d = driver()
     try:
-        scenario(d)
+        run(d)
     except Exception:
         try:
             log("page text at the failure:\n" + d.find_element(By.TAG_NAME, "body").text)
@@ -241,6 +262,90 @@ def scenario(d):
     assert not d.find_element(By.ID, "console").is_displayed(), "the console shows without a session"
     log("logged out")
     print("browser: scenario passed", flush=True)
+
+
+def servers_scenario(d):
+    name, addr = os.environ["NEW_SERVER"].split("=", 1)
+    card = f'[data-server="app/{name}"]'
+    block = '[data-backend="app"]'
+    d.get(ADMIN + "/")
+    wait(d, EC.visibility_of_element_located((By.ID, "token")), "the login form").send_keys(TOKEN + "\n")
+    wait(d, EC.visibility_of_element_located((By.CSS_SELECTOR, '[data-server="app/app-01"] [data-state]')),
+         "the console after login")
+    assert not d.find_elements(By.CSS_SELECTOR, card), f"a card for {name} before it was added"
+    assert name not in api_servers("app"), f"the API lists {name} before it was added"
+    # Every server of the config is ready: Delete is disabled and says why.
+    for s in ("app-01", "app-02"):
+        b = d.find_element(By.CSS_SELECTOR, f'[data-server="app/{s}"] [data-action=server-delete]')
+        assert not b.is_enabled(), f"Delete is enabled on ready server {s}"
+        hint = text_of(d, f'[data-server="app/{s}"] [data-output=delete-hint]')
+        assert "Maint" in hint, f"no hint why {s} cannot be deleted: {hint!r}"
+
+    # The form: labelled fields, maint by default.
+    form = block + " form.add-server"
+    unlabelled = d.execute_script(
+        "return [...document.querySelectorAll(arguments[0] + ' input, ' + arguments[0] + ' select')]"
+        ".filter(i => i.labels.length === 0).map(i => i.outerHTML)", form)
+    assert unlabelled == [], f"fields of the add form without a label: {unlabelled}"
+    initial = d.find_element(By.CSS_SELECTOR, form + " [data-input=server-state]")
+    assert initial.get_attribute("value") == "maint", "the initial state is not maint by default"
+
+    # A name already taken: the API's 409 is shown, nothing is added.
+    d.find_element(By.CSS_SELECTOR, form + " [data-input=server-name]").send_keys("app-01")
+    d.find_element(By.CSS_SELECTOR, form + " [data-input=server-addr]").send_keys(addr)
+    click(d, form + " [data-action=server-add]")
+    wait(d, lambda d: "bad" in d.find_element(By.ID, "msg").get_attribute("class")
+         and "already" in text_of(d, "#msg"), "the error for a name taken")
+    assert len(d.find_elements(By.CSS_SELECTOR, block + " [data-server]")) == 2
+    log("a name taken is refused on the page: " + text_of(d, "#msg"))
+
+    # The new server, with its address and weight 2, initial state maint.
+    name_in = d.find_element(By.CSS_SELECTOR, form + " [data-input=server-name]")
+    name_in.clear()
+    name_in.send_keys(name)
+    d.find_element(By.CSS_SELECTOR, form + " [data-input=server-weight]").send_keys("2")
+    click(d, form + " [data-action=server-add]")
+    wait(d, EC.visibility_of_element_located((By.CSS_SELECTOR, card + " [data-state]")), f"the card of {name}")
+    assert "bad" not in d.find_element(By.ID, "msg").get_attribute("class"), text_of(d, "#msg")
+    assert d.find_element(By.CSS_SELECTOR, card + " [data-state]").get_attribute("data-state") == "maint"
+    assert addr in text_of(d, card), f"the card does not show {addr}"
+    assert d.find_element(By.CSS_SELECTOR, form + " [data-input=server-name]").get_attribute("value") == "", \
+        "the form was not cleared"
+    s = api_servers("app").get(name)
+    assert s is not None, f"the API does not list {name} after the page added it"
+    assert (s["addr"], s["state"], s["weight"], s["added"]) == (addr, "maint", 2, True), s
+    log(f"{name} added on the page: the API lists it at {addr}, maint, weight 2")
+
+    # Ready: Delete is disabled, with the reason.
+    delete = card + " [data-action=server-delete]"
+    click(d, card + " [data-action=state-ready]")
+    wait(d, lambda d: d.find_element(By.CSS_SELECTOR, card + " [data-state]").get_attribute("data-state") == "ready",
+         f"{name} ready")
+    wait(d, lambda d: not d.find_element(By.CSS_SELECTOR, delete).is_enabled(), f"Delete disabled on ready {name}")
+    assert "Maint" in text_of(d, card + " [data-output=delete-hint]")
+    assert api_servers("app")[name]["state"] == "ready"
+    log(f"{name} ready: Delete is disabled")
+
+    # Maint with nothing in flight: Delete is enabled; cancelling the
+    # confirmation deletes nothing, accepting it deletes the server.
+    click(d, card + " [data-action=state-maint]")
+    wait(d, lambda d: d.find_element(By.CSS_SELECTOR, delete).is_enabled(), f"Delete enabled on maint {name}")
+    assert text_of(d, card + " [data-output=delete-hint]") == ""
+    d.find_element(By.CSS_SELECTOR, delete).click()
+    alert = wait(d, EC.alert_is_present(), "the confirmation")
+    assert name in alert.text, alert.text
+    alert.dismiss()
+    time.sleep(2)  # more than a poll: the card and the server stay
+    assert d.find_elements(By.CSS_SELECTOR, card), "the card went although the deletion was cancelled"
+    assert name in api_servers("app"), "cancelling the confirmation deleted the server"
+    click(d, delete)
+    wait(d, EC.alert_is_present(), "the confirmation again").accept()
+    wait(d, lambda d: not d.find_elements(By.CSS_SELECTOR, card), f"the card of {name} gone")
+    assert "deleted" in text_of(d, "#msg"), text_of(d, "#msg")
+    assert name not in api_servers("app"), f"the API still lists {name} after the page deleted it"
+    assert len(d.find_elements(By.CSS_SELECTOR, block + " [data-server]")) == 2
+    log(f"{name} deleted on the page: its card is gone and the API no longer lists it")
+    print("browser: servers scenario passed", flush=True)
 
 
 if __name__ == "__main__":
