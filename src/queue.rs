@@ -127,7 +127,14 @@ impl<S: Slots> Queue<S> {
     /// Wait for a slot on the server keyed `want` (or any target server),
     /// the backend's servers being `servers`; bounded by the queue's
     /// timeout.
-    pub async fn wait(&self, want: Option<u64>, servers: &[S]) -> Waited<S> {
+    pub async fn wait<'a>(
+        &self,
+        want: Option<u64>,
+        servers: impl IntoIterator<Item = &'a S>,
+    ) -> Waited<S>
+    where
+        S: 'a,
+    {
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut w = self.lock();
@@ -225,7 +232,10 @@ impl<S: Slots> Queue<S> {
 
     /// Hand every free slot to the waiters (a server came back, a state
     /// changed, or a request just queued).
-    pub fn kick(&self, servers: &[S]) {
+    pub fn kick<'a>(&self, servers: impl IntoIterator<Item = &'a S>)
+    where
+        S: 'a,
+    {
         for server in servers {
             if self.is_empty() {
                 return;

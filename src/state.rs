@@ -608,8 +608,7 @@ impl Runtime {
             let i = members.iter().position(|m| m.server.key == key);
             i.is_some_and(|i| select::sticky_target(&cands[i], false).is_ok())
         });
-        let servers: Vec<Arc<Server>> = members.iter().map(|m| m.server.clone()).collect();
-        q.kick(&servers);
+        q.kick(members.iter().map(|m| &m.server));
     }
 
     /// Mirror a health-check verdict (called on changes only).

@@ -75,8 +75,8 @@ impl TcpProxy {
                     }
                 }
                 Choice { wait: Some(_), .. } => {
-                    let servers: Vec<_> = members.iter().map(|m| m.server.clone()).collect();
-                    return match queue.wait(None, &servers).await {
+                    let servers = members.iter().map(|m| &m.server);
+                    return match queue.wait(None, servers).await {
                         // Given back if it left its backend meanwhile.
                         Waited::Granted(s) => Some(InFlight::adopt(s))
                             .filter(|g| rt.snapshot().position(b, g.server().key).is_some()),

@@ -43,9 +43,9 @@ impl Proxy {
                 Wait::Server(s) => Some(members[s].server.key),
                 Wait::Any => None,
             };
-            let servers: Vec<_> = members.iter().map(|m| m.server.clone()).collect();
+            let servers = members.iter().map(|m| &m.server);
             let retry_after = queue.settings.timeout.as_secs().max(1);
-            match queue.wait(want, &servers).await {
+            match queue.wait(want, servers).await {
                 Waited::Granted(server) => {
                     ctx.tier = Some(if want.is_some() {
                         Tier::Sticky
