@@ -66,10 +66,6 @@ pub fn initial_state(config: &Config) -> Result<(Draft, Option<String>), String>
                     "state file {}: server {bname}/{name} was deleted at runtime, and the config now defines it otherwise: kept",
                     path.display()
                 ),
-                Some(_) if draft.servers[b].len() == 1 => log::warn!(
-                    "state file {}: server {bname}/{name} was deleted at runtime, but it is the last one the config gives the backend: kept",
-                    path.display()
-                ),
                 Some(s) => {
                     draft.servers[b].remove(s);
                 }
@@ -106,6 +102,24 @@ pub fn initial_state(config: &Config) -> Result<(Draft, Option<String>), String>
                 },
                 added: true,
             });
+        }
+    }
+    // A backend left without a server (its config changed since the
+    // deletions) keeps the config's: a backend always has one.
+    let configured = Draft::from_config(config);
+    for ((b, list), config_list) in config
+        .backends
+        .iter()
+        .zip(&mut draft.servers)
+        .zip(configured.servers)
+    {
+        if list.is_empty() {
+            log::warn!(
+                "state file {}: every server of backend {} was deleted at runtime and none is left: the config's are kept",
+                path.display(),
+                b.name
+            );
+            *list = config_list;
         }
     }
     for (bname, servers) in file.servers {

@@ -374,3 +374,32 @@ fn a_deleted_server_added_again_or_redefined_is_kept() {
     assert_eq!(names, ["b"]);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Every config server replaced by servers added through the API (a
+/// blue/green deploy of the whole backend): a restart has only the new
+/// ones, none of the config's comes back.
+#[test]
+fn a_backend_whose_servers_were_all_replaced_stays_replaced() {
+    let dir = temp_dir("replaced");
+    let rt = runtime(&dir);
+    for (name, addr) in [("c", "127.0.0.1:3"), ("d", "127.0.0.1:4")] {
+        rt.update(|d| {
+            d.servers[0].push(added(name, addr, AdminState::Ready));
+            Ok::<_, StateError>(())
+        })
+        .unwrap_or_else(|e| panic!("add {name}: {e}"));
+    }
+    for name in ["a", "b"] {
+        rt.update(|d| {
+            d.servers[0].retain(|s| s.conf.name != name);
+            Ok::<_, StateError>(())
+        })
+        .unwrap_or_else(|e| panic!("delete {name}: {e}"));
+    }
+    assert_eq!(names(&rt), ["c", "d"]);
+    let config = (*rt.config).clone();
+    drop(rt);
+    let names: Vec<String> = restarted(&config).into_iter().map(|s| s.0).collect();
+    assert_eq!(names, ["c", "d"]);
+    let _ = std::fs::remove_dir_all(dir);
+}
