@@ -306,10 +306,12 @@ impl Runtime {
         }
         self.snapshot.store(Arc::new(snapshot));
         self.generation.fetch_add(1, Release);
-        drop(publish);
+        // Under the lock, as set_health writes it: a verdict cannot land
+        // between the read and the write.
         for s in &made {
             s.metrics.up.set(i64::from(s.up.load(Relaxed)));
         }
+        drop(publish);
         let snapshot = self.snapshot.load();
         for old in current.servers.iter().flatten() {
             if !snapshot.servers[old.server.backend]
@@ -633,8 +635,8 @@ impl Runtime {
                     snap.up_mask[b].fetch_and(!bit, Relaxed);
                 }
             }
+            server.metrics.up.set(i64::from(up));
         }
-        server.metrics.up.set(i64::from(up));
         let (name, addr) = (&self.config.backends[b].name, &server.conf.addr);
         if up {
             log::info!("health: {name}/{} ({addr}) is up", server.name());

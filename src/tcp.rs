@@ -77,9 +77,17 @@ impl TcpProxy {
                 Choice { wait: Some(_), .. } => {
                     let servers = members.iter().map(|m| &m.server);
                     return match queue.wait(None, servers).await {
-                        // Given back if it left its backend meanwhile.
-                        Waited::Granted(s) => Some(InFlight::adopt(s))
-                            .filter(|g| rt.snapshot().position(b, g.server().key).is_some()),
+                        Waited::Granted(s) => {
+                            let granted = InFlight::adopt(s);
+                            if rt.snapshot().position(b, granted.server().key).is_some() {
+                                Some(granted)
+                            } else {
+                                // It left its backend meanwhile: the slot
+                                // goes back (dropped) and the choice is
+                                // made again.
+                                continue;
+                            }
+                        }
                         Waited::TimedOut => {
                             rt.metrics.backends[b].queue_timeouts.inc();
                             None

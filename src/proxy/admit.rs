@@ -52,11 +52,10 @@ impl Proxy {
                     } else {
                         Tier::Ready
                     });
-                    // The server may have joined after this request's
-                    // snapshot.
-                    if ctx.snap().position(b, server.key).is_none() {
-                        ctx.reload_snap(rt);
-                    }
+                    // Servers may have joined or left while it waited:
+                    // the slot is used only on a server of the backend
+                    // as it is now.
+                    ctx.reload_snap(rt);
                     match ctx.snap().position(b, server.key) {
                         Some(s) => {
                             self.assign(ctx, s, true);
