@@ -203,6 +203,70 @@ fn max_conns_bounds_each_server_and_the_queue_serves_everyone_in_turn() {
     assert!(ctl.contains("max_conns 5"), "{ctl}");
 }
 
+/// A server added through the API with a `max_conns` holds no more than
+/// that at once, the rest waiting in the backend's queue; its limit and
+/// slow start are kept across a restart; a backend without a queue
+/// refuses a `max_conns`.
+#[test]
+fn a_server_added_with_max_conns_is_bounded_and_keeps_it() {
+    let (a, b, c) = (
+        Counting::start("app-01"),
+        Counting::start("app-02"),
+        Counting::start("app-03"),
+    );
+    let d = Drawbridge::start(&limited_yaml(
+        &a.addr,
+        &b.addr,
+        "max_conns: 5",
+        "    queue: { max: 1000, timeout: 30s }",
+    ));
+    let o = d.ctl(&[
+        "server",
+        "add",
+        "app/app-03",
+        &c.addr,
+        "--state",
+        "ready",
+        "--max-conns",
+        "3",
+        "--slowstart",
+        "1s",
+    ]);
+    assert!(o.status.success(), "{}{}", out(&o), err(&o));
+    // app-03 alone takes the requests.
+    for s in ["app/app-01", "app/app-02"] {
+        let o = d.ctl(&["server", s, "maint"]);
+        assert!(o.status.success(), "{}", err(&o));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1200)); // past its slow start
+    let answers = at_once(&d.web, 40, |_| Request::new("GET", "/slow/100"));
+    let ok = answers
+        .iter()
+        .filter(|r| matches!(r, Ok((resp, _)) if resp.status == 200 && resp.text() == "app-03"))
+        .count();
+    let max_c = c.max.load(SeqCst);
+    assert_eq!(ok, 40, "every request waited for app-03: {answers:?}");
+    assert_eq!(max_c, 3, "app-03 held {max_c} at once, max_conns 3");
+
+    let d = d.kill9_and_restart();
+    let status = json(&d.api("GET", "/api/v1/status", None));
+    let s = &status["backends"][0]["servers"][2];
+    assert_eq!(
+        (s["name"].as_str(), s["max_conns"].as_u64()),
+        (Some("app-03"), Some(3)),
+        "{s}"
+    );
+    let state = read(&d.state_file());
+    assert!(state.contains(r#""slowstart": "1s""#), "{state}");
+
+    // Without a queue (no config server has a max_conns): refused, named.
+    let plain = Drawbridge::start(&limited_yaml(&a.addr, &b.addr, "weight: 1", ""));
+    let body = format!(r#"{{"name":"app-03","addr":"{}","max_conns":3}}"#, c.addr);
+    let r = plain.api("POST", "/api/v1/backends/app/servers", Some(&body));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("has no queue"), "{}", r.text());
+}
+
 #[test]
 fn a_queue_timeout_answers_503_with_retry_after_and_loses_nobody() {
     let (a, b) = (Counting::start("app-01"), Counting::start("app-02"));

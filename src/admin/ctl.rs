@@ -64,6 +64,12 @@ pub enum CtlCommand {
         /// With add: a backup server
         #[arg(long)]
         backup: bool,
+        /// With add: most requests in flight (the backend needs a queue)
+        #[arg(long)]
+        max_conns: Option<u64>,
+        /// With add: its weight grows from 0 over this long (e.g. 30s)
+        #[arg(long)]
+        slowstart: Option<String>,
         /// With del: delete it even if not in maint or with requests in flight
         #[arg(long)]
         force: bool,
@@ -288,10 +294,16 @@ fn execute(c: &Client, args: &CtlArgs) -> Result<i32, String> {
             weight,
             initial,
             backup,
+            max_conns,
+            slowstart,
             force,
         } => {
             let words: Vec<&str> = words.iter().map(String::as_str).collect();
-            let add_flags = weight.is_some() || initial.is_some() || *backup;
+            let add_flags = weight.is_some()
+                || initial.is_some()
+                || *backup
+                || max_conns.is_some()
+                || slowstart.is_some();
             match words.as_slice() {
                 ["add", target, addr] if !*drain && !*force => {
                     let (b, s) = split_target(target)?;
@@ -301,6 +313,12 @@ fn execute(c: &Client, args: &CtlArgs) -> Result<i32, String> {
                     }
                     if let Some(st) = initial {
                         body["state"] = json!(st);
+                    }
+                    if let Some(m) = max_conns {
+                        body["max_conns"] = json!(m);
+                    }
+                    if let Some(d) = slowstart {
+                        body["slowstart"] = json!(d);
                     }
                     ("POST", format!("/api/v1/backends/{b}/servers"), Some(body))
                 }

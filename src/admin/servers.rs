@@ -22,6 +22,12 @@ pub struct AddBody {
     state: Option<String>,
     #[serde(default)]
     backup: bool,
+    /// Most requests in flight (0: no limit); needs a backend with a
+    /// queue.
+    #[serde(default)]
+    max_conns: u64,
+    /// A duration (`30s`): its weight grows from 0 over it once usable.
+    slowstart: Option<String>,
 }
 
 /// Add a server to backend `b`: 201 with the server, 409 if the name is
@@ -40,8 +46,11 @@ pub fn add(rt: &Runtime, b: usize, body: AddBody) -> ApiResult {
         name: body.name,
         addr: body.addr,
         backup: body.backup,
+        max_conns: body.max_conns,
+        slowstart: body.slowstart,
     };
-    let conf = check::added_server(backend, &spec).map_err(ApiError::bad)?;
+    let limited = rt.queues[b].is_some();
+    let conf = check::added_server(backend, &spec, limited).map_err(ApiError::bad)?;
     rt.update(|d| {
         if d.find(b, &spec.name).is_some() {
             return Err(ApiError::new(

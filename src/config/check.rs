@@ -132,11 +132,24 @@ pub fn upstream_addr(s: &str, host_names: bool) -> Result<(), String> {
     }
 }
 
+/// A duration as the config file and the API write it (`500ms`, `2s`,
+/// `10m`), greater than zero.
+pub fn duration(s: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(s.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be greater than zero".into()),
+        Err(e) => Err(format!(
+            "invalid duration {s:?} ({e}); use e.g. 500ms, 2s, 10m"
+        )),
+    }
+}
+
 /// A server added at runtime (through the API, or kept in the state file)
-/// to backend `backend`: its name and address checked, its sticky id
-/// derived from the names as for a server of the config file. It has no
-/// `max_conns` nor `slowstart`.
-pub fn added_server(backend: &str, spec: &ServerSpec) -> Result<Server, String> {
+/// to backend `backend`: its name, address, `max_conns` and `slowstart`
+/// checked as the config file's, its sticky id derived from the names as
+/// for a server of the config file. A `max_conns` needs a backend with a
+/// queue (`limited`: one of its config servers has a `max_conns`).
+pub fn added_server(backend: &str, spec: &ServerSpec, limited: bool) -> Result<Server, String> {
     name("server", &spec.name)?;
     if spec.name.len() > MAX_ADDED_NAME {
         return Err(format!(
@@ -145,6 +158,20 @@ pub fn added_server(backend: &str, spec: &ServerSpec) -> Result<Server, String> 
         ));
     }
     upstream_addr(&spec.addr, false).map_err(|e| format!("addr: {e}"))?;
+    let max_conns = max_conns(spec.max_conns).map_err(|e| format!("max_conns: {e}"))?;
+    if max_conns > 0 && !limited {
+        return Err(format!(
+            "max_conns: backend {backend:?} has no queue: give a server of it a max_conns in the config file first"
+        ));
+    }
+    let slowstart = match &spec.slowstart {
+        None => std::time::Duration::ZERO,
+        Some(s) => {
+            let d = duration(s).map_err(|e| format!("slowstart: {e}"))?;
+            slowstart(d).map_err(|e| format!("slowstart: {e}"))?;
+            d
+        }
+    };
     Ok(Server {
         name: spec.name.clone(),
         addr: spec.addr.clone(),
@@ -152,8 +179,8 @@ pub fn added_server(backend: &str, spec: &ServerSpec) -> Result<Server, String> 
         backup: spec.backup,
         state: AdminState::Ready,
         id: super::server_id(backend, &spec.name),
-        max_conns: 0,
-        slowstart: std::time::Duration::ZERO,
+        max_conns,
+        slowstart,
     })
 }
 
@@ -310,5 +337,29 @@ mod tests {
         assert!(queue_timeout(Duration::from_millis(1)).is_ok());
         assert!(queue_timeout(Duration::ZERO).is_err());
         assert!(queue_timeout(Duration::from_secs(3601)).is_err());
+    }
+
+    /// An added server's traffic controls are checked as the config
+    /// file's, and a `max_conns` needs a backend with a queue.
+    #[test]
+    fn added_server_traffic_controls() {
+        use std::time::Duration;
+        let spec = |max_conns, slowstart: Option<&str>| ServerSpec {
+            name: "app-03".into(),
+            addr: "127.0.0.1:8080".into(),
+            backup: false,
+            max_conns,
+            slowstart: slowstart.map(str::to_string),
+        };
+        let s = added_server("app", &spec(5, Some("30s")), true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((s.max_conns, s.slowstart), (5, Duration::from_secs(30)));
+        let s = added_server("app", &spec(0, None), false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((s.max_conns, s.slowstart), (0, Duration::ZERO));
+        let err = |m, ss, limited| added_server("app", &spec(m, ss), limited).err();
+        assert!(err(5, None, false).is_some_and(|e| e.contains("has no queue")));
+        assert!(err(MAX_CONNS + 1, None, true).is_some_and(|e| e.starts_with("max_conns:")));
+        assert!(err(0, Some("2h"), true).is_some_and(|e| e == "slowstart: must be at most 1h"));
+        assert!(err(0, Some("0s"), true).is_some_and(|e| e.contains("greater than zero")));
+        assert!(err(0, Some("soon"), true).is_some_and(|e| e.contains("invalid duration")));
     }
 }

@@ -430,20 +430,10 @@ impl Validator {
 
     fn duration(&mut self, s: Option<&str>, default: Duration, key: &str) -> Duration {
         let Some(s) = s else { return default };
-        match humantime::parse_duration(s.trim()) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                self.problem(key, "must be greater than zero");
-                default
-            }
-            Err(e) => {
-                self.problem(
-                    key,
-                    format!("invalid duration {s:?} ({e}); use e.g. 500ms, 2s, 10m"),
-                );
-                default
-            }
-        }
+        check::duration(s).unwrap_or_else(|e| {
+            self.problem(key, e);
+            default
+        })
     }
 
     fn page(&mut self, file: &str, key: &str) -> Option<String> {

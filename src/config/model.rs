@@ -234,6 +234,16 @@ pub struct ServerSpec {
     pub addr: String,
     #[serde(default)]
     pub backup: bool,
+    /// 0: no limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_conns: u64,
+    /// A duration (`30s`); none: no slow start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slowstart: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Where requests wait for a server below its `max_conns`.

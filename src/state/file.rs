@@ -78,7 +78,17 @@ pub fn initial_state(config: &Config) -> Result<(Draft, Option<String>), String>
     }
     for (bname, specs) in file.added {
         let Some(b) = backend(&bname) else { continue };
-        for spec in specs {
+        let limited = config.backends[b].limited();
+        for mut spec in specs {
+            if spec.max_conns > 0 && !limited {
+                log::warn!(
+                    "state file {}: server {bname}/{}, added at runtime with max_conns {}: the config no longer limits the backend (no queue), so neither is it",
+                    path.display(),
+                    spec.name,
+                    spec.max_conns
+                );
+                spec.max_conns = 0;
+            }
             if draft.find(b, &spec.name).is_some() {
                 log::warn!(
                     "state file {}: server {bname}/{}, added at runtime, is now in the config: the config's is used",
@@ -87,7 +97,7 @@ pub fn initial_state(config: &Config) -> Result<(Draft, Option<String>), String>
                 );
                 continue;
             }
-            let conf = check::added_server(&bname, &spec).map_err(|e| {
+            let conf = check::added_server(&bname, &spec, limited).map_err(|e| {
                 format!(
                     "state file {}: server {bname}/{}: {e}",
                     path.display(),
@@ -160,6 +170,9 @@ fn spec_of(s: &crate::config::Server) -> ServerSpec {
         name: s.name.clone(),
         addr: s.addr.clone(),
         backup: s.backup,
+        max_conns: s.max_conns,
+        slowstart: (!s.slowstart.is_zero())
+            .then(|| humantime::format_duration(s.slowstart).to_string()),
     }
 }
 

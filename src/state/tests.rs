@@ -171,8 +171,11 @@ fn added(name: &str, addr: &str, state: AdminState) -> DraftServer {
         name: name.into(),
         addr: addr.into(),
         backup: false,
+        max_conns: 0,
+        slowstart: None,
     };
-    let conf = crate::config::check::added_server("app", &spec).unwrap_or_else(|e| panic!("{e}"));
+    let conf =
+        crate::config::check::added_server("app", &spec, false).unwrap_or_else(|e| panic!("{e}"));
     DraftServer {
         conf: Arc::new(conf),
         admin: ServerAdmin { state, weight: 1 },
