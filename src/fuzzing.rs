@@ -568,7 +568,7 @@ pub fn state_file(data: &[u8]) {
     for (b, list) in config.backends.iter().zip(&draft.servers) {
         // The config's servers but those deleted, then those added.
         // A deletion names the server as it was: one the config defines
-        // otherwise stays, and so does a backend's last one.
+        // otherwise stays; a backend left empty keeps the config's.
         let removed = file.removed.get(&b.name);
         let mut names: Vec<&str> = b.servers.iter().map(|s| s.name.as_str()).collect();
         for spec in removed.into_iter().flatten() {
@@ -576,7 +576,7 @@ pub fn state_file(data: &[u8]) {
                 .servers
                 .iter()
                 .any(|c| c.name == spec.name && c.addr == spec.addr && c.backup == spec.backup);
-            if same && names.len() > 1 {
+            if same {
                 names.retain(|n| *n != spec.name);
             }
         }
@@ -584,6 +584,9 @@ pub fn state_file(data: &[u8]) {
             if !names.contains(&spec.name.as_str()) {
                 names.push(&spec.name);
             }
+        }
+        if names.is_empty() {
+            names = b.servers.iter().map(|s| s.name.as_str()).collect();
         }
         let got: Vec<&str> = list.iter().map(|s| s.conf.name.as_str()).collect();
         assert_eq!(got, names, "servers of {}", b.name);

@@ -79,8 +79,6 @@ pub struct Runtime {
     pub certs: Vec<Option<CertStore>>,
     /// Per backend: its queue, when a server of it has a `max_conns`.
     pub queues: Vec<Option<Arc<ServerQueue>>>,
-    /// Per backend: a server of it has a `slowstart`.
-    pub slow: Vec<bool>,
     /// Serialises admin changes and state-file writes; holds the generated
     /// bypass secret so each write keeps it.
     writer: Mutex<Option<String>>,
@@ -169,7 +167,6 @@ impl Runtime {
             .collect::<Result<Vec<_>, _>>()?;
         let rt = Runtime {
             queues,
-            slow: config.backends.iter().map(|b| b.slowstarts()).collect(),
             limiter,
             certs,
             id: NEXT_RUNTIME.fetch_add(1, Relaxed),
@@ -299,8 +296,10 @@ impl Runtime {
             let before = current.servers[m.server.backend]
                 .iter()
                 .find(|x| Arc::ptr_eq(&x.server, &m.server));
-            if before.is_some_and(|x| x.state != AdminState::Ready) && m.state == AdminState::Ready
-            {
+            // Usable from now: a server put back to ready, or one
+            // added ready (its slow start begins; a health-checked one's
+            // begins again when it comes up).
+            if before.is_none_or(|x| x.state != AdminState::Ready) && m.state == AdminState::Ready {
                 m.server.usable_since_ms.store(now, Relaxed);
             }
         }
@@ -549,7 +548,7 @@ impl Runtime {
         mut push: impl FnMut(Candidate),
     ) {
         let b = &self.config.backends[backend];
-        let (limited, slow) = (b.limited(), b.slowstarts());
+        let (limited, slow) = (b.limited(), snap.slow[backend]);
         let now = if slow { now_ms() } else { 0 };
         for m in &snap.servers[backend] {
             let server = &m.server;

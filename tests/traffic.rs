@@ -267,6 +267,49 @@ fn a_server_added_with_max_conns_is_bounded_and_keeps_it() {
     assert!(r.text().contains("has no queue"), "{}", r.text());
 }
 
+/// A server added ready with a `slowstart`, to a backend whose config
+/// has none, gets a rising share of new clients from the moment it is
+/// added.
+#[test]
+fn a_server_added_with_slowstart_ramps_up() {
+    let (a, b, c) = (
+        Counting::start("app-01"),
+        Counting::start("app-02"),
+        Counting::start("app-03"),
+    );
+    let d = Drawbridge::start(&limited_yaml(&a.addr, &b.addr, "weight: 1", ""));
+    let o = d.ctl(&[
+        "server",
+        "add",
+        "app/app-03",
+        &c.addr,
+        "--state",
+        "ready",
+        "--slowstart",
+        "4s",
+    ]);
+    assert!(o.status.success(), "{}{}", out(&o), err(&o));
+    let start = Instant::now();
+    let mut shares = Vec::new();
+    for w in 1..=5u32 {
+        let (mut total, mut to_c) = (0, 0);
+        while start.elapsed() < Duration::from_secs(u64::from(w)) {
+            total += 1;
+            to_c += usize::from(d.get("/").text() == "app-03");
+        }
+        shares.push(to_c as f64 / total.max(1) as f64);
+    }
+    eprintln!(
+        "app-03's share of new clients by second after it was added (slowstart 4s): {shares:.2?}"
+    );
+    assert!(shares[0] < 0.2, "first second: {shares:?}");
+    assert!(shares[3] > shares[0] + 0.05, "no rise: {shares:?}");
+    assert!(
+        (0.2..0.5).contains(&shares[4]),
+        "after the ramp: {shares:?}"
+    );
+}
+
 #[test]
 fn a_queue_timeout_answers_503_with_retry_after_and_loses_nobody() {
     let (a, b) = (Counting::start("app-01"), Counting::start("app-02"));

@@ -289,11 +289,6 @@ impl Backend {
     pub fn server(&self, name: &str) -> bool {
         self.servers.iter().any(|s| s.name == name)
     }
-
-    /// Whether a server of it has a `slowstart`.
-    pub fn slowstarts(&self) -> bool {
-        self.servers.iter().any(|s| !s.slowstart.is_zero())
-    }
 }
 
 /// The checked configuration.

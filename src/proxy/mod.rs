@@ -146,7 +146,7 @@ impl Proxy {
         let rt = &self.rt;
         let b = ctx.backend;
         let balance = rt.config.backends[b].balance;
-        if ctx.tried.is_empty() && !(rt.slow[b] && rt.ramping(ctx.snap(), b)) {
+        if ctx.tried.is_empty() && !(ctx.snap().slow[b] && rt.ramping(ctx.snap(), b)) {
             let snap = ctx.snap();
             let cookie = ctx.cookie_server.map(|s| (s, snap.servers[b][s].state));
             let key = || select::balance_key(balance, &rt.rr[b], ctx.client);

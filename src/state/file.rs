@@ -297,7 +297,13 @@ pub(super) fn to_file(config: &Config, draft: &Draft, secret: Option<&str>) -> S
                     .servers
                     .iter()
                     .filter(|c| !list.iter().any(|s| !s.added && s.conf.name == c.name))
-                    .map(spec_of)
+                    // Named by what `same_server` compares, no more: the
+                    // file stays as a build without traffic controls wrote it.
+                    .map(|c| ServerSpec {
+                        max_conns: 0,
+                        slowstart: None,
+                        ..spec_of(c)
+                    })
                     .collect();
                 (!gone.is_empty()).then(|| (b.name.clone(), gone))
             })

@@ -64,6 +64,9 @@ pub struct Snapshot {
     /// their `up` flags have them, read in one load when balancing; kept
     /// by [`Runtime::set_health`].
     pub up_mask: Vec<AtomicU64>,
+    /// Per backend: a server of it has a `slowstart` (the config's or one
+    /// added at runtime), so shares are computed when balancing.
+    pub slow: Vec<bool>,
 }
 
 impl Snapshot {
@@ -237,6 +240,10 @@ pub(super) fn assemble(
             ReadyTier::new(&cands)
         })
         .collect();
+    let slow = servers
+        .iter()
+        .map(|b| b.iter().any(|m| !m.server.conf.slowstart.is_zero()))
+        .collect();
     let up_mask = servers
         .iter()
         .map(|b| {
@@ -253,5 +260,6 @@ pub(super) fn assemble(
         all_maint,
         ready,
         up_mask,
+        slow,
     }
 }
