@@ -160,6 +160,29 @@ fn sample_max_while<T>(d: &Drawbridge, series: &str, f: impl FnOnce() -> T) -> (
     })
 }
 
+/// Add app-03 at `addr` to backend `app`, ready, with `flags` more.
+fn add_ready(d: &Drawbridge, addr: &str, flags: &[&str]) {
+    let mut args = vec!["server", "add", "app/app-03", addr, "--state", "ready"];
+    args.extend_from_slice(flags);
+    let o = d.ctl(&args);
+    assert!(o.status.success(), "{}{}", out(&o), err(&o));
+}
+
+/// The share of new clients `name` answers, by 1-second window from now.
+fn shares_by_second(d: &Drawbridge, name: &str, seconds: u32) -> Vec<f64> {
+    let start = Instant::now();
+    let mut shares = Vec::new();
+    for w in 1..=seconds {
+        let (mut total, mut to) = (0, 0);
+        while start.elapsed() < Duration::from_secs(u64::from(w)) {
+            total += 1;
+            to += usize::from(d.get("/").text() == name);
+        }
+        shares.push(to as f64 / total.max(1) as f64);
+    }
+    shares
+}
+
 #[test]
 fn max_conns_bounds_each_server_and_the_queue_serves_everyone_in_turn() {
     let (a, b) = (Counting::start("app-01"), Counting::start("app-02"));
@@ -220,19 +243,7 @@ fn a_server_added_with_max_conns_is_bounded_and_keeps_it() {
         "max_conns: 5",
         "    queue: { max: 1000, timeout: 30s }",
     ));
-    let o = d.ctl(&[
-        "server",
-        "add",
-        "app/app-03",
-        &c.addr,
-        "--state",
-        "ready",
-        "--max-conns",
-        "3",
-        "--slowstart",
-        "1s",
-    ]);
-    assert!(o.status.success(), "{}{}", out(&o), err(&o));
+    add_ready(&d, &c.addr, &["--max-conns", "3", "--slowstart", "1s"]);
     // app-03 alone takes the requests.
     for s in ["app/app-01", "app/app-02"] {
         let o = d.ctl(&["server", s, "maint"]);
@@ -278,27 +289,8 @@ fn a_server_added_with_slowstart_ramps_up() {
         Counting::start("app-03"),
     );
     let d = Drawbridge::start(&limited_yaml(&a.addr, &b.addr, "weight: 1", ""));
-    let o = d.ctl(&[
-        "server",
-        "add",
-        "app/app-03",
-        &c.addr,
-        "--state",
-        "ready",
-        "--slowstart",
-        "4s",
-    ]);
-    assert!(o.status.success(), "{}{}", out(&o), err(&o));
-    let start = Instant::now();
-    let mut shares = Vec::new();
-    for w in 1..=5u32 {
-        let (mut total, mut to_c) = (0, 0);
-        while start.elapsed() < Duration::from_secs(u64::from(w)) {
-            total += 1;
-            to_c += usize::from(d.get("/").text() == "app-03");
-        }
-        shares.push(to_c as f64 / total.max(1) as f64);
-    }
+    add_ready(&d, &c.addr, &["--slowstart", "4s"]);
+    let shares = shares_by_second(&d, "app-03", 5);
     eprintln!(
         "app-03's share of new clients by second after it was added (slowstart 4s): {shares:.2?}"
     );
@@ -420,18 +412,7 @@ fn slowstart_gives_a_returning_server_a_rising_share() {
     assert!(eff < 0.3, "effective weight right after ready: {eff}");
     let metric = d.metric("drawbridge_server_weight{backend=\"app\",server=\"app-02\"}");
     assert!(metric < 0.5, "weight metric right after ready: {metric}");
-    // The share of new clients app-02 gets, by 1-second window.
-    let start = Instant::now();
-    let mut shares = Vec::new();
-    for w in 1..=5u32 {
-        let (mut total, mut to_b) = (0, 0);
-        while start.elapsed() < Duration::from_secs(u64::from(w)) {
-            let r = d.get("/");
-            total += 1;
-            to_b += usize::from(r.text() == "app-02");
-        }
-        shares.push(to_b as f64 / total.max(1) as f64);
-    }
+    let shares = shares_by_second(&d, "app-02", 5);
     eprintln!("app-02's share of new clients by second after ready (slowstart 4s): {shares:.2?}");
     assert!(shares[0] < 0.3, "first second: {shares:?}");
     assert!(shares[3] > shares[0] + 0.1, "no rise: {shares:?}");
