@@ -205,6 +205,8 @@ pub(super) fn server_json(rt: &Runtime, snap: &Snapshot, b: usize, s: usize) -> 
             live.share(crate::state::now_ms()),
         ),
         "max_conns": conf.max_conns,
+        "slowstart": (!conf.slowstart.is_zero())
+            .then(|| humantime::format_duration(conf.slowstart).to_string()),
         "backup": conf.backup,
         "inflight": live.inflight.load(Relaxed),
         "sticky_last_seen": rfc3339_ms(live.last_sticky_ms.load(Relaxed)),

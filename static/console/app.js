@@ -357,6 +357,8 @@ function addServerForm(backend) {
   const [fWeight, weight] = field('Weight (optional, 0–256)', { type: 'number', min: '0', max: '256', inputmode: 'numeric', placeholder: '1', 'data-input': 'server-weight' });
   const [fState, initial] = choice('Initial state', { 'data-input': 'server-state' },
     [['ready', 'Ready'], ['drain', 'Drain'], ['maint', 'Maint', true]]);
+  const [fMax, maxConns] = field('Max conns (optional)', { type: 'number', min: '0', inputmode: 'numeric', placeholder: 'no limit', 'data-input': 'server-max-conns' });
+  const [fSlow, slowstart] = field('Slow start (optional)', { type: 'text', placeholder: '30s', autocomplete: 'off', 'data-input': 'server-slowstart' });
   const form = el('form', {
     class: 'add-server', 'aria-label': 'Add a server to backend ' + backend, novalidate: true,
     onsubmit: async (ev) => {
@@ -365,6 +367,8 @@ function addServerForm(backend) {
       if (!body.name) { say('Enter the new server\'s name.', true); name.focus(); return; }
       if (!body.addr) { say('Enter the new server\'s address (ip:port).', true); addr.focus(); return; }
       if (weight.value !== '') body.weight = Number(weight.value);
+      if (maxConns.value !== '') body.max_conns = Number(maxConns.value);
+      if (slowstart.value.trim() !== '') body.slowstart = slowstart.value.trim();
       if (await change('POST', '/api/v1/backends/' + enc(backend) + '/servers', body,
         'Server ' + backend + '/' + body.name + ' added (' + body.state + ').')) {
         form.reset();
@@ -373,6 +377,7 @@ function addServerForm(backend) {
   },
   el('h4', { text: 'Add server' }),
   el('div', { class: 'row' }, fName, fAddr),
+  el('div', { class: 'row' }, fMax, fSlow),
   el('div', { class: 'row' }, fWeight, fState,
     el('button', { type: 'submit', 'data-action': 'server-add' }, 'Add server')));
   return form;

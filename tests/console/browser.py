@@ -299,11 +299,24 @@ def servers_scenario(d):
     assert len(d.find_elements(By.CSS_SELECTOR, block + " [data-server]")) == 2
     log("a name taken is refused on the page: " + text_of(d, "#msg"))
 
-    # The new server, with its address and weight 2, initial state maint.
+    # A max_conns on a backend without a queue: the API's 400 is shown,
+    # nothing is added.
     name_in = d.find_element(By.CSS_SELECTOR, form + " [data-input=server-name]")
     name_in.clear()
     name_in.send_keys(name)
+    max_in = d.find_element(By.CSS_SELECTOR, form + " [data-input=server-max-conns]")
+    max_in.send_keys("3")
+    click(d, form + " [data-action=server-add]")
+    wait(d, lambda d: "bad" in d.find_element(By.ID, "msg").get_attribute("class")
+         and "has no queue" in text_of(d, "#msg"), "the error for a max_conns without a queue")
+    assert name not in api_servers("app"), f"{name} was added despite the error"
+    log("a max_conns without a queue is refused on the page: " + text_of(d, "#msg"))
+    max_in.clear()
+
+    # The new server, with its address, weight 2 and a slow start,
+    # initial state maint.
     d.find_element(By.CSS_SELECTOR, form + " [data-input=server-weight]").send_keys("2")
+    d.find_element(By.CSS_SELECTOR, form + " [data-input=server-slowstart]").send_keys("30s")
     click(d, form + " [data-action=server-add]")
     wait(d, EC.visibility_of_element_located((By.CSS_SELECTOR, card + " [data-state]")), f"the card of {name}")
     assert "bad" not in d.find_element(By.ID, "msg").get_attribute("class"), text_of(d, "#msg")
@@ -313,8 +326,8 @@ def servers_scenario(d):
         "the form was not cleared"
     s = api_servers("app").get(name)
     assert s is not None, f"the API does not list {name} after the page added it"
-    assert (s["addr"], s["state"], s["weight"], s["added"]) == (addr, "maint", 2, True), s
-    log(f"{name} added on the page: the API lists it at {addr}, maint, weight 2")
+    assert (s["addr"], s["state"], s["weight"], s["added"], s["slowstart"]) == (addr, "maint", 2, True, "30s"), s
+    log(f"{name} added on the page: the API lists it at {addr}, maint, weight 2, slow start 30s")
 
     # Ready: Delete is disabled, with the reason.
     delete = card + " [data-action=server-delete]"
