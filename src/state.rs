@@ -303,7 +303,8 @@ impl Runtime {
                 m.server.usable_since_ms.store(now, Relaxed);
             }
         }
-        self.snapshot.store(Arc::new(snapshot));
+        let snapshot = Arc::new(snapshot);
+        self.snapshot.store(snapshot.clone());
         self.generation.fetch_add(1, Release);
         // Under the lock, as set_health writes it: a verdict cannot land
         // between the read and the write.
@@ -311,7 +312,6 @@ impl Runtime {
             s.metrics.up.set(i64::from(s.up.load(Relaxed)));
         }
         drop(publish);
-        let snapshot = self.snapshot.load();
         for old in current.servers.iter().flatten() {
             if !snapshot.servers[old.server.backend]
                 .iter()
@@ -547,8 +547,7 @@ impl Runtime {
         backend: usize,
         mut push: impl FnMut(Candidate),
     ) {
-        let b = &self.config.backends[backend];
-        let (limited, slow) = (b.limited(), snap.slow[backend]);
+        let (limited, slow) = (self.queues[backend].is_some(), snap.slow[backend]);
         let now = if slow { now_ms() } else { 0 };
         for m in &snap.servers[backend] {
             let server = &m.server;
@@ -606,7 +605,7 @@ impl Runtime {
         });
         q.set_targets(keys.collect());
         q.evict(|key| {
-            let i = members.iter().position(|m| m.server.key == key);
+            let i = snap.position(backend, key);
             i.is_some_and(|i| select::sticky_target(&cands[i], false).is_ok())
         });
         q.kick(members.iter().map(|m| &m.server));
@@ -624,10 +623,7 @@ impl Runtime {
                 server.usable_since_ms.store(now_ms(), Relaxed);
             }
             let snap = self.snapshot.load();
-            let pos = snap.servers[b]
-                .iter()
-                .position(|m| Arc::ptr_eq(&m.server, server));
-            if let Some(bit) = pos.and_then(up_bit) {
+            if let Some(bit) = snap.position(b, server.key).and_then(up_bit) {
                 if up {
                     snap.up_mask[b].fetch_or(bit, Relaxed);
                 } else {

@@ -85,13 +85,11 @@ pub fn delete(rt: &Runtime, b: usize, name: &str, force: bool) -> ApiResult {
     let backend = &rt.config.backends[b].name;
     let gone = rt.update(|d| {
         let s = d.find(b, name).ok_or_else(|| unknown_server(rt, b, name))?;
-        // The writer's lock is held: this snapshot is the one being edited.
+        // The writer's lock is held: this snapshot is the one being
+        // edited, in the draft's order.
         let snap = rt.snapshot();
-        let i = find(rt, &snap, b, name)?;
-        let (state, inflight) = (
-            snap.servers[b][i].state,
-            snap.servers[b][i].server.inflight.load(Relaxed),
-        );
+        let m = &snap.servers[b][s];
+        let (state, inflight) = (m.state, m.server.inflight.load(Relaxed));
         if !force && (state != AdminState::Maint || inflight > 0) {
             return Err(ApiError::new(
                 409,
@@ -102,7 +100,7 @@ pub fn delete(rt: &Runtime, b: usize, name: &str, force: bool) -> ApiResult {
                 ),
             ));
         }
-        let json = server_json(rt, &snap, b, i);
+        let json = server_json(rt, &snap, b, s);
         d.servers[b].remove(s);
         Ok::<_, ApiError>(json)
     })?;

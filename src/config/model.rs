@@ -284,11 +284,6 @@ impl Backend {
     pub fn limited(&self) -> bool {
         self.servers.iter().any(|s| s.max_conns > 0)
     }
-
-    /// Whether it has a server named `name` in the config.
-    pub fn server(&self, name: &str) -> bool {
-        self.servers.iter().any(|s| s.name == name)
-    }
 }
 
 /// The checked configuration.

@@ -116,20 +116,22 @@ pub fn initial_state(config: &Config) -> Result<(Draft, Option<String>), String>
     }
     // A backend left without a server (its config changed since the
     // deletions) keeps the config's: a backend always has one.
-    let configured = Draft::from_config(config);
-    for ((b, list), config_list) in config
-        .backends
-        .iter()
-        .zip(&mut draft.servers)
-        .zip(configured.servers)
-    {
-        if list.is_empty() {
-            log::warn!(
-                "state file {}: every server of backend {} was deleted at runtime and none is left: the config's are kept",
-                path.display(),
-                b.name
-            );
-            *list = config_list;
+    if draft.servers.iter().any(Vec::is_empty) {
+        let configured = Draft::from_config(config);
+        for ((b, list), config_list) in config
+            .backends
+            .iter()
+            .zip(&mut draft.servers)
+            .zip(configured.servers)
+        {
+            if list.is_empty() {
+                log::warn!(
+                    "state file {}: every server of backend {} was deleted at runtime and none is left: the config's are kept",
+                    path.display(),
+                    b.name
+                );
+                *list = config_list;
+            }
         }
     }
     for (bname, servers) in file.servers {
@@ -275,40 +277,43 @@ pub(super) fn to_file(config: &Config, draft: &Draft, secret: Option<&str>) -> S
                 (b.name.clone(), servers)
             })
             .collect(),
-        added: config
-            .backends
-            .iter()
-            .zip(&draft.servers)
-            .filter_map(|(b, list)| {
-                let specs: Vec<ServerSpec> = list
-                    .iter()
-                    .filter(|s| s.added)
-                    .map(|s| spec_of(&s.conf))
-                    .collect();
-                (!specs.is_empty()).then(|| (b.name.clone(), specs))
-            })
-            .collect(),
-        removed: config
-            .backends
-            .iter()
-            .zip(&draft.servers)
-            .filter_map(|(b, list)| {
-                let gone: Vec<ServerSpec> = b
-                    .servers
-                    .iter()
-                    .filter(|c| !list.iter().any(|s| !s.added && s.conf.name == c.name))
-                    // Named by what `same_server` compares, no more: the
-                    // file stays as a build without traffic controls wrote it.
-                    .map(|c| ServerSpec {
-                        max_conns: 0,
-                        slowstart: None,
-                        ..spec_of(c)
-                    })
-                    .collect();
-                (!gone.is_empty()).then(|| (b.name.clone(), gone))
-            })
-            .collect(),
+        added: per_backend(config, draft, |_, list| {
+            list.iter()
+                .filter(|s| s.added)
+                .map(|s| spec_of(&s.conf))
+                .collect()
+        }),
+        removed: per_backend(config, draft, |b, list| {
+            b.servers
+                .iter()
+                .filter(|c| !list.iter().any(|s| !s.added && s.conf.name == c.name))
+                // Named by what `same_server` compares, no more: the file
+                // stays as a build without traffic controls wrote it.
+                .map(|c| ServerSpec {
+                    max_conns: 0,
+                    slowstart: None,
+                    ..spec_of(c)
+                })
+                .collect()
+        }),
     }
+}
+
+/// `specs` of each backend's servers, for the backends it gives any.
+fn per_backend(
+    config: &Config,
+    draft: &Draft,
+    specs: impl Fn(&crate::config::Backend, &[DraftServer]) -> Vec<ServerSpec>,
+) -> BTreeMap<String, Vec<ServerSpec>> {
+    config
+        .backends
+        .iter()
+        .zip(&draft.servers)
+        .filter_map(|(b, list)| {
+            let found = specs(b, list);
+            (!found.is_empty()).then(|| (b.name.clone(), found))
+        })
+        .collect()
 }
 
 pub(super) fn generate_secret() -> String {

@@ -146,12 +146,6 @@ impl Draft {
     pub fn find(&self, b: usize, name: &str) -> Option<usize> {
         self.servers[b].iter().position(|s| s.conf.name == name)
     }
-
-    /// The admin states and weights, per backend.
-    pub fn admins(&self) -> Vec<Vec<ServerAdmin>> {
-        let admins = |b: &Vec<DraftServer>| b.iter().map(|s| s.admin).collect();
-        self.servers.iter().map(admins).collect()
-    }
 }
 
 /// Whether a backend's servers put its sites in maintenance: it has some
